@@ -1,0 +1,213 @@
+"""FASTA files on disk: decompress once into a cache, index, validate, read windows with pyfaidx.
+
+Every problem with a file raises :class:`GenomicsDataError` with a one-line message that names
+the file (and the record, where there is one) and says what was expected.
+"""
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import lzma
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyfaidx
+
+from .errors import GenomicsDataError
+
+_MAGIC = {b"\x1f\x8b": "gzip", b"\xfd7zXZ\x00": "xz", b"BZh": "bzip2"}
+_OPENERS = {"gzip": gzip.open, "xz": lzma.open, "bzip2": bz2.open}
+
+
+def default_cache_dir() -> Path:
+    """``$MAMBAVERSE_CACHE/fasta`` or ``~/.cache/mambaverse/fasta``."""
+    root = os.environ.get("MAMBAVERSE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mambaverse")
+    return Path(root) / "fasta"
+
+
+def _compression(path: Path) -> str | None:
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    return None
+
+
+def _cache_key(path: Path) -> str:
+    st = path.stat()
+    h = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    name = path.name
+    for suffix in (".gz", ".xz", ".bz2", ".bgz"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return f"{name}.{h}"
+
+
+def _atomic_target(final: Path):
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=final.name + ".", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _decompress(src: Path, kind: str, dest: Path) -> None:
+    """Stream-decompress ``src`` into ``dest`` through a temporary file and a rename."""
+    tmp = _atomic_target(dest)
+    try:
+        with _OPENERS[kind](src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, length=1 << 22)
+        os.replace(tmp, dest)
+    except (OSError, EOFError, lzma.LZMAError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise GenomicsDataError(f"{src}: cannot decompress this {kind} file ({exc}); expected a valid {kind} FASTA") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _check_looks_like_fasta(path: Path, shown: Path) -> None:
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    stripped = head.lstrip()
+    if not stripped:
+        if path.stat().st_size == 0 or not head:
+            raise GenomicsDataError(f"{shown}: file is empty; expected FASTA records ('>name' lines followed by sequence)")
+        raise GenomicsDataError(f"{shown}: file holds only whitespace; expected FASTA records")
+    if stripped[:1] != b">":
+        first = stripped.split(b"\n", 1)[0][:40].decode("ascii", "replace")
+        hint = " (looks like FASTQ)" if stripped[:1] == b"@" else ""
+        raise GenomicsDataError(
+            f"{shown}: not a FASTA file{hint}: first line starts {first!r}, expected a header line starting with '>'")
+    if b"\x00" in head:
+        raise GenomicsDataError(f"{shown}: holds binary data; expected a text FASTA file")
+
+
+def _check_index(fasta: Path, index: Path, shown: Path) -> list[tuple[str, int]]:
+    """Parse a .fai index and check it against the FASTA file; return (record, length) pairs."""
+    size = fasta.stat().st_size
+    records: list[tuple[str, int]] = []
+    try:
+        text = index.read_text()
+    except UnicodeDecodeError:
+        raise GenomicsDataError(f"{shown}: corrupt index {index} (not text); delete it to rebuild") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        try:
+            name, length, offset, lbases, lbytes = parts[0], *map(int, parts[1:5])
+        except (ValueError, IndexError):
+            raise GenomicsDataError(
+                f"{shown}: corrupt index {index} at line {lineno}: expected 5 tab-separated fields "
+                f"(name, length, offset, linebases, linewidth); delete it to rebuild") from None
+        if length < 0 or offset < 0 or lbases < 0 or lbytes < lbases:
+            raise GenomicsDataError(f"{shown}: corrupt index {index}, record '{name}': negative or inconsistent fields; delete it to rebuild")
+        if length and lbases:
+            full, rest = divmod(length, lbases)
+            end = offset + full * lbytes + rest
+            if end > size or offset >= size:
+                raise GenomicsDataError(
+                    f"{shown}: corrupt index {index}, record '{name}': points past the end of the file "
+                    f"({end} > {size} bytes); delete it to rebuild")
+        records.append((name, length))
+    if not records:
+        raise GenomicsDataError(f"{shown}: corrupt index {index}: it lists no records; delete it to rebuild")
+    return records
+
+
+@dataclass
+class FastaSource:
+    """One FASTA file of one label, ready for random access.
+
+    ``path`` is what the user gave; ``fasta_path`` the plain file pyfaidx reads (the path itself,
+    or its decompressed copy in the cache); ``index_path`` its ``.fai`` (always in the cache for
+    compressed inputs, next to ``fasta_path`` for plain ones unless that folder is read-only).
+    """
+
+    label: str
+    path: str
+    fasta_path: str
+    index_path: str
+    records: list[tuple[str, int]]
+    _handle: object = field(default=None, repr=False, compare=False)
+    _pid: int = field(default=-1, repr=False, compare=False)
+
+    @property
+    def lengths(self) -> dict[str, int]:
+        return dict(self.records)
+
+    def _open(self):
+        if self._handle is None or self._pid != os.getpid():  # one handle per (worker) process
+            try:
+                self._handle = pyfaidx.Fasta(self.fasta_path, indexname=self.index_path, as_raw=True,
+                                             rebuild=False, build_index=False, sequence_always_upper=True)
+            except (pyfaidx.FastaIndexingError, pyfaidx.IndexNotFoundError, ValueError, OSError) as exc:
+                raise GenomicsDataError(f"{self.path}: cannot open with pyfaidx ({exc}); delete {self.index_path} to rebuild") from None
+            self._pid = os.getpid()
+        return self._handle
+
+    def fetch(self, record: str, start: int, end: int) -> str:
+        """Sequence of ``record[start:end]`` (0-based, end exclusive), upper case."""
+        try:
+            seq = self._open()[record][start:end]
+        except KeyError:
+            raise GenomicsDataError(f"{self.path}: no record '{record}'") from None
+        except (pyfaidx.FetchError, ValueError) as exc:
+            raise GenomicsDataError(f"{self.path}, record '{record}': cannot read [{start}, {end}) ({exc})") from None
+        seq = str(seq)
+        if len(seq) != end - start:
+            raise GenomicsDataError(
+                f"{self.path}, record '{record}': read {len(seq)} bases from [{start}, {end}), expected {end - start}; "
+                f"the index {self.index_path} may be corrupt")
+        return seq
+
+    def __getstate__(self):  # file handles do not cross process boundaries
+        state = self.__dict__.copy()
+        state["_handle"], state["_pid"] = None, -1
+        return state
+
+
+def prepare_fasta(path: str | os.PathLike, label: str = "", cache_dir: str | os.PathLike | None = None) -> FastaSource:
+    """Decompress (once, atomically) and index one FASTA file; validate it; return a :class:`FastaSource`."""
+    shown = Path(path).expanduser()
+    src = shown
+    if not src.exists():
+        raise GenomicsDataError(f"{shown}: FASTA file not found" + (f" (label '{label}')" if label else ""))
+    if src.is_dir():
+        raise GenomicsDataError(f"{shown}: is a folder; expected a FASTA file (plain, .gz or .xz)")
+    if src.stat().st_size == 0:
+        raise GenomicsDataError(f"{shown}: file is empty; expected FASTA records ('>name' lines followed by sequence)")
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    key = _cache_key(src)
+    kind = _compression(src)
+    if kind is not None:
+        fasta = cache / f"{key}.fa"
+        if not fasta.exists():
+            _decompress(src, kind, fasta)
+        index = cache / f"{key}.fa.fai"
+    else:
+        fasta = src
+        index = cache / f"{key}.fai"
+    _check_looks_like_fasta(fasta, shown)
+    if not index.exists():
+        tmp = _atomic_target(index)
+        tmp.unlink()
+        try:
+            pyfaidx.Faidx(str(fasta), indexname=str(tmp), rebuild=True, build_index=True).close()
+        except pyfaidx.FastaIndexingError as exc:
+            tmp.unlink(missing_ok=True)
+            raise GenomicsDataError(f"{shown}: cannot index this FASTA ({' '.join(str(exc).split())})") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise GenomicsDataError(f"{shown}: cannot index this FASTA ({' '.join(str(exc).split())}); expected a text FASTA file") from None
+        os.replace(tmp, index)
+    records = _check_index(fasta, index, shown)
+    for name, length in records:
+        if length == 0:
+            raise GenomicsDataError(f"{shown}: record '{name}' is empty; expected at least one base")
+    return FastaSource(label=label, path=str(shown), fasta_path=str(fasta), index_path=str(index), records=records)
