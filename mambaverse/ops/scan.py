@@ -260,12 +260,18 @@ def _triton(*args, **kwargs):
     return selective_scan_triton(*args, **kwargs)
 
 
-def _triton_available(device: torch.device) -> bool:
+def kernel_available(name: str, device: torch.device) -> bool:
+    """True if mambaverse.kernels provides the Triton kernel `name` and Triton can run on `device`."""
     try:
-        from ..kernels import triton_available
+        from .. import kernels
     except ImportError:
         return False
-    return triton_available(device)
+    available = getattr(kernels, "triton_available", None)
+    return hasattr(kernels, name) and available is not None and available(device)
+
+
+def _triton_available(device: torch.device) -> bool:
+    return kernel_available("selective_scan_triton", device)
 
 
 _BACKEND_FUNCS = {
