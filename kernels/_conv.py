@@ -1,0 +1,1 @@
+def causal_conv1d_triton(*a, **k): raise NotImplementedError

@@ -1,0 +1,492 @@
+"""Triton selective scan (Mamba-1): forward and backward, one kernel pair for three ops.
+
+One generic kernel pair serves
+  * the plain scan (``MODE=0``, one direction, ``REV`` picks the time order),
+  * the fused bidirectional scan (``MODE=1``, grid axis 2 = direction, direction 1 walks backwards),
+  * the fused 4-route cross-scan (``MODE=2``, grid axis 2 = route; x is read through each route's
+    pixel order, delta/B/C in the route's own scan order).
+
+Every big tensor is addressed as ``(dir, batch, row, l)`` with explicit strides, so a tensor shared by all
+directions is passed with a direction stride of 0 (no copies), and the reverse/transposed routes only
+change the index arithmetic (no flipped or transposed copies).
+
+Layout of the work: program (channel block, batch, direction) walks the sequence in chunks of
+``BLOCK_L`` steps with the state ``(BLOCK_D, BLOCK_N)`` in registers.  Inside a chunk the recurrence
+``h_s = a_s h_{s-1} + b_s`` runs as ``tl.associative_scan`` over (a, b) pairs.  The forward stores the
+state at the start of every backward chunk (``ck``): one ``(d, n)`` state per ``BLOCK_L_bwd`` steps,
+never ``(b, d, l, n)``.  The backward walks the chunks in reverse, recomputes the chunk's states from
+its checkpoint, runs the adjoint recurrence ``G_s = dy_s C_s + a_{s+1} G_{s+1}`` as a reverse
+associative scan, and accumulates dA/dD/d_delta_bias in registers (per-program partials, summed in
+torch) and dB/dC with fp32 atomics (one per channel block, not per channel).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+# ----------------------------------------------------------------------------- jit helpers
+@triton.jit
+def _combine(a1, b1, a2, b2):
+    # (a1, b1) is the earlier segment, (a2, b2) the later: h -> a2 (a1 h + b1) + b2
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _softplus(x):
+    # log1p(exp(x)) with torch's threshold (x > 20 -> x); the log1p is the accurate u-1 trick
+    e = tl.exp(-tl.abs(x))
+    p = 1.0 + e
+    lp = tl.where(p == 1.0, e, tl.log(p) * (e / (p - 1.0)))
+    return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + lp)
+
+
+@triton.jit
+def _positions(s, r, l, H, W, MODE: tl.constexpr, REV: tl.constexpr):
+    """Scan step s -> (pp, dp): position in the parameter tensors (delta, B, C) and in the data tensors
+    (u, z, out) for direction / route r."""
+    if MODE == 0:
+        if REV:
+            pp = l - 1 - s
+        else:
+            pp = s
+        dp = pp
+    elif MODE == 1:
+        pp = tl.where(r == 1, l - 1 - s, s)
+        dp = pp
+    else:
+        pp = s
+        q = tl.where(r >= 2, l - 1 - s, s)
+        dp = tl.where((r % 2) == 1, (q % H) * W + q // H, q)
+    return pp, dp
+
+
+# ----------------------------------------------------------------------------- forward
+@triton.jit
+def _scan_fwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, h0_ptr,
+    out_ptr, hT_ptr, ck_ptr,
+    su_r, su_b, su_d, sdt_r, sdt_b, sdt_d, sA_r, sA_d,
+    sB_r, sB_b, sB_g, sB_n, sC_r, sC_b, sC_g, sC_n,
+    sD_r, sdb_r, sz_r, sz_b, sz_d,
+    nb, d, l, n, eB, eC, nck, H, W,
+    MODE: tl.constexpr, REV: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DB: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_CK: tl.constexpr, CK_EVERY: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    r = tl.program_id(2)
+    pb = pid_b.to(tl.int64)
+    rr = r.to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    md = offs_d < d
+    rows = offs_d.to(tl.int64)
+    offs_n = tl.arange(0, BLOCK_N)
+    mn = offs_n < n
+    offs_l = tl.arange(0, BLOCK_L)
+    mdn = md[:, None] & mn[None, :]
+
+    A2 = tl.load(A_ptr + rr * sA_r + rows[:, None] * sA_d + offs_n[None, :], mask=mdn, other=0.0).to(tl.float32) * 1.4426950408889634
+    if HAS_D:
+        Dv = tl.load(D_ptr + rr * sD_r + offs_d, mask=md, other=0.0).to(tl.float32)
+    if HAS_DB:
+        dbv = tl.load(db_ptr + rr * sdb_r + offs_d, mask=md, other=0.0).to(tl.float32)
+
+    state_off = ((rr * nb + pb) * d + rows[:, None]) * n + offs_n[None, :]
+    if HAS_H0:
+        h = tl.load(h0_ptr + state_off, mask=mdn, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+
+    u_base = u_ptr + rr * su_r + pb * su_b + rows[:, None] * su_d
+    dt_base = dt_ptr + rr * sdt_r + pb * sdt_b + rows[:, None] * sdt_d
+    z_base = z_ptr + rr * sz_r + pb * sz_b + rows[:, None] * sz_d
+    out_base = out_ptr + ((rr * nb + pb) * d + rows[:, None]) * l
+    gB = (pid_d * BLOCK_D) // eB
+    gC = (pid_d * BLOCK_D) // eC
+    B_base = B_ptr + rr * sB_r + pb * sB_b + gB * sB_g + offs_n[:, None] * sB_n
+    C_base = C_ptr + rr * sC_r + pb * sC_b + gC * sC_g + offs_n[:, None] * sC_n
+    ck_base = ck_ptr + ((rr * nb + pb) * nck * d + rows[:, None]) * n + offs_n[None, :]
+
+    nchunks = tl.cdiv(l, BLOCK_L)
+    for c in range(0, nchunks):
+        if STORE_CK:
+            if c % CK_EVERY == 0:
+                tl.store(ck_base + (c // CK_EVERY) * d * n, h, mask=mdn)
+        s = c * BLOCK_L + offs_l
+        ml = s < l
+        pp, dp = _positions(s, r, l, H, W, MODE, REV)
+        mdl = md[:, None] & ml[None, :]
+        mnl = mn[:, None] & ml[None, :]
+        dt = tl.load(dt_base + pp[None, :], mask=mdl, other=0.0).to(tl.float32)
+        if HAS_DB:
+            dt = dt + dbv[:, None]
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dt = tl.where(mdl, dt, 0.0)
+        u = tl.load(u_base + dp[None, :], mask=mdl, other=0.0).to(tl.float32)
+        Bt = tl.load(B_base + pp[None, :], mask=mnl, other=0.0).to(tl.float32)
+        Ct = tl.load(C_base + pp[None, :], mask=mnl, other=0.0).to(tl.float32)
+        dA = tl.exp2(dt[:, None, :] * A2[:, :, None])
+        dBu = (dt * u)[:, None, :] * Bt[None, :, :]
+        aC, bC = tl.associative_scan((dA, dBu), 2, _combine)
+        Hs = aC * h[:, :, None] + bC
+        y = tl.sum(Hs * Ct[None, :, :], 1)
+        # masked steps leave the state unchanged (a=1, b=0), so the last column is the chunk's end state
+        h = tl.sum(tl.where(offs_l[None, None, :] == BLOCK_L - 1, Hs, 0.0), 2)
+        if HAS_D:
+            y = y + Dv[:, None] * u
+        if HAS_Z:
+            zz = tl.load(z_base + dp[None, :], mask=mdl, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(out_base + dp[None, :], y.to(out_ptr.dtype.element_ty), mask=mdl)
+    if STORE_HT:
+        tl.store(hT_ptr + state_off, h, mask=mdn)
+
+
+# ----------------------------------------------------------------------------- backward
+@triton.jit
+def _scan_bwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, ck_ptr, dout_ptr, dhT_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, ddb_ptr, dh0_ptr,
+    su_r, su_b, su_d, sdt_r, sdt_b, sdt_d, sA_r, sA_d,
+    sB_r, sB_b, sB_g, sB_n, sC_r, sC_b, sC_g, sC_n,
+    sD_r, sdb_r, sz_r, sz_b, sz_d,
+    sdu_r, sdu_b, sdu_d, sddt_r, sddt_b, sddt_d, sdz_r, sdz_b, sdz_d,
+    sdB_r, sdB_b, sdB_g, sdB_n, sdC_r, sdC_b, sdC_g, sdC_n,
+    nb, d, l, n, eB, eC, nck, H, W,
+    MODE: tl.constexpr, REV: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DB: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    r = tl.program_id(2)
+    pb = pid_b.to(tl.int64)
+    rr = r.to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    md = offs_d < d
+    rows = offs_d.to(tl.int64)
+    offs_n = tl.arange(0, BLOCK_N)
+    mn = offs_n < n
+    offs_l = tl.arange(0, BLOCK_L)
+    mdn = md[:, None] & mn[None, :]
+
+    A = tl.load(A_ptr + rr * sA_r + rows[:, None] * sA_d + offs_n[None, :], mask=mdn, other=0.0).to(tl.float32)
+    A2 = A * 1.4426950408889634
+    if HAS_D:
+        Dv = tl.load(D_ptr + rr * sD_r + offs_d, mask=md, other=0.0).to(tl.float32)
+    if HAS_DB:
+        dbv = tl.load(db_ptr + rr * sdb_r + offs_d, mask=md, other=0.0).to(tl.float32)
+
+    state_off = ((rr * nb + pb) * d + rows[:, None]) * n + offs_n[None, :]
+    if HAS_DHT:
+        gcar = tl.load(dhT_ptr + state_off, mask=mdn, other=0.0).to(tl.float32)
+    else:
+        gcar = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    ddb_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+
+    u_base = u_ptr + rr * su_r + pb * su_b + rows[:, None] * su_d
+    dt_base = dt_ptr + rr * sdt_r + pb * sdt_b + rows[:, None] * sdt_d
+    z_base = z_ptr + rr * sz_r + pb * sz_b + rows[:, None] * sz_d
+    do_base = dout_ptr + ((rr * nb + pb) * d + rows[:, None]) * l
+    du_base = du_ptr + rr * sdu_r + pb * sdu_b + rows[:, None] * sdu_d
+    ddt_base = ddt_ptr + rr * sddt_r + pb * sddt_b + rows[:, None] * sddt_d
+    dz_base = dz_ptr + rr * sdz_r + pb * sdz_b + rows[:, None] * sdz_d
+    gB = (pid_d * BLOCK_D) // eB
+    gC = (pid_d * BLOCK_D) // eC
+    B_base = B_ptr + rr * sB_r + pb * sB_b + gB * sB_g + offs_n[:, None] * sB_n
+    C_base = C_ptr + rr * sC_r + pb * sC_b + gC * sC_g + offs_n[:, None] * sC_n
+    dB_base = dB_ptr + rr * sdB_r + pb * sdB_b + gB * sdB_g + offs_n[:, None] * sdB_n
+    dC_base = dC_ptr + rr * sdC_r + pb * sdC_b + gC * sdC_g + offs_n[:, None] * sdC_n
+    ck_base = ck_ptr + ((rr * nb + pb) * nck * d + rows[:, None]) * n + offs_n[None, :]
+
+    for ci in range(0, nck):
+        c = nck - 1 - ci
+        h = tl.load(ck_base + c * d * n, mask=mdn, other=0.0)
+        s = c * BLOCK_L + offs_l
+        ml = s < l
+        pp, dp = _positions(s, r, l, H, W, MODE, REV)
+        mdl = md[:, None] & ml[None, :]
+        mnl = mn[:, None] & ml[None, :]
+        dt_raw = tl.load(dt_base + pp[None, :], mask=mdl, other=0.0).to(tl.float32)
+        if HAS_DB:
+            dt_raw = dt_raw + dbv[:, None]
+        if SOFTPLUS:
+            dt = _softplus(dt_raw)
+        else:
+            dt = dt_raw
+        dt = tl.where(mdl, dt, 0.0)
+        u = tl.load(u_base + dp[None, :], mask=mdl, other=0.0).to(tl.float32)
+        Bt = tl.load(B_base + pp[None, :], mask=mnl, other=0.0).to(tl.float32)
+        Ct = tl.load(C_base + pp[None, :], mask=mnl, other=0.0).to(tl.float32)
+        dA = tl.exp2(dt[:, None, :] * A2[:, :, None])
+        dtu = dt * u
+        dBu = dtu[:, None, :] * Bt[None, :, :]
+        aC, bC = tl.associative_scan((dA, dBu), 2, _combine)
+        Hs = aC * h[:, :, None] + bC
+        do = tl.load(do_base + dp[None, :], mask=mdl, other=0.0).to(tl.float32)
+        if HAS_Z:
+            y = tl.sum(Hs * Ct[None, :, :], 1)
+            if HAS_D:
+                y = y + Dv[:, None] * u
+            zz = tl.load(z_base + dp[None, :], mask=mdl, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(zz)
+            dz = do * y * sz * (1.0 + zz * (1.0 - sz))
+            tl.store(dz_base + dp[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mdl)
+            dy = do * zz * sz
+        else:
+            dy = do
+        # a_{s+1}: the decay of the next step (1 past the end of the sequence)
+        s1 = s + 1
+        m1 = md[:, None] & (s1 < l)[None, :]
+        pp1, dp1 = _positions(s1, r, l, H, W, MODE, REV)
+        dt1 = tl.load(dt_base + pp1[None, :], mask=m1, other=0.0).to(tl.float32)
+        if HAS_DB:
+            dt1 = dt1 + dbv[:, None]
+        if SOFTPLUS:
+            dt1 = _softplus(dt1)
+        dt1 = tl.where(m1, dt1, 0.0)
+        a1 = tl.exp2(dt1[:, None, :] * A2[:, :, None])
+        cc = dy[:, None, :] * Ct[None, :, :]
+        cc = cc + tl.where(offs_l[None, None, :] == BLOCK_L - 1, gcar[:, :, None], 0.0)
+        _, G = tl.associative_scan((a1, cc), 2, _combine, reverse=True)
+        gcar = tl.sum(tl.where(offs_l[None, None, :] == 0, dA * G, 0.0), 2)
+        X = G * (Hs - dBu)  # = G_s a_s h_{s-1}: the gradient through log a_s
+        dA_acc += tl.sum(X * dt[:, None, :], 2)
+        GB = tl.sum(G * Bt[None, :, :], 1)
+        ddt = tl.sum(X * A[:, :, None], 1) + GB * u
+        du = GB * dt
+        if HAS_D:
+            du = du + dy * Dv[:, None]
+            dD_acc += tl.sum(tl.where(mdl, dy * u, 0.0), 1)
+        dBt = tl.sum(G * dtu[:, None, :], 0)
+        dCt = tl.sum(Hs * dy[:, None, :], 0)
+        tl.atomic_add(dB_base + pp[None, :], dBt, mask=mnl)
+        tl.atomic_add(dC_base + pp[None, :], dCt, mask=mnl)
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(dt_raw)
+        ddt = tl.where(mdl, ddt, 0.0)
+        if HAS_DB:
+            ddb_acc += tl.sum(ddt, 1)
+        tl.store(ddt_base + pp[None, :], ddt.to(ddt_ptr.dtype.element_ty), mask=mdl)
+        tl.store(du_base + dp[None, :], du.to(du_ptr.dtype.element_ty), mask=mdl)
+
+    tl.store(dA_ptr + state_off, dA_acc, mask=mdn)
+    part = (rr * nb + pb) * d + offs_d
+    if HAS_D:
+        tl.store(dD_ptr + part, dD_acc, mask=md)
+    if HAS_DB:
+        tl.store(ddb_ptr + part, ddb_acc, mask=md)
+    if STORE_DH0:
+        tl.store(dh0_ptr + state_off, gcar, mask=mdn)
+
+
+# ----------------------------------------------------------------------------- launch configuration
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, int(x) - 1).bit_length()
+
+
+def _pow2_divisor(x: int) -> int:
+    return x & -x if x > 0 else 1
+
+
+# (BLOCK_D, BLOCK_L, num_warps) for the forward and the backward kernel; the backward BLOCK_L is also the
+# checkpoint interval. Picked on an H100 by benchmarks/kernels.py (see kernels/NOTES.md); override with
+# set_config() (tests use tiny blocks so the interpreter walks several chunks).
+_CONFIG = {"fwd": (8, 64, 4), "bwd": (4, 64, 4)}
+
+
+def set_config(fwd=None, bwd=None):
+    """Set (BLOCK_D, BLOCK_L, num_warps) for the forward and/or backward scan kernels; returns the old ones."""
+    old = dict(_CONFIG)
+    if fwd is not None:
+        _CONFIG["fwd"] = tuple(fwd)
+    if bwd is not None:
+        _CONFIG["bwd"] = tuple(bwd)
+    return old
+
+
+def _launch_config(d, l, gB, gC):
+    """Block sizes clamped to the problem: a channel block never straddles two B/C groups."""
+    limit = 1 << 30
+    for g in (gB, gC):
+        if g > 1:
+            limit = min(limit, _pow2_divisor(d // g))
+    lp2 = max(2, _next_pow2(l))
+    bdf, blf, wf = _CONFIG["fwd"]
+    bdb, blb, wb = _CONFIG["bwd"]
+    bdf, bdb = min(bdf, limit), min(bdb, limit)
+    blb = min(blb, lp2)
+    blf = min(blf, blb)  # the forward chunk must divide the checkpoint interval
+    return (bdf, blf, wf), (bdb, blb, wb)
+
+
+# ----------------------------------------------------------------------------- autograd wrapper
+def _dir_strides(t, per_dir_dim):
+    """(dir stride, remaining strides) of a tensor given with or without its leading direction axis."""
+    if t.dim() == per_dir_dim:
+        return t.stride(0), t.stride()[1:]
+    return 0, t.stride()
+
+
+def _lastdim(t):
+    if t is not None and t.shape[-1] > 1 and t.stride(-1) != 1:
+        return t.contiguous()
+    return t
+
+
+class _ScanSpec:
+    __slots__ = ("ndir", "mode", "rev", "H", "W", "softplus", "want_final", "need_ck")
+
+    def __init__(self, ndir, mode, rev=False, H=1, W=1, softplus=False, want_final=False, need_ck=True):
+        self.ndir, self.mode, self.rev, self.H, self.W = ndir, mode, rev, H, W
+        self.softplus, self.want_final, self.need_ck = softplus, want_final, need_ck
+
+
+class _ScanFn(torch.autograd.Function):
+    """Inputs come per direction (leading axis R) or shared by all R directions (no leading axis):
+    u, delta, z (b, d, l); A (d, n); B, C (b, g, n, l); D, delta_bias (d,); h0 always (R, b, d, n) or None.
+    Returns out (R, b, d, l) in u's dtype and the final state (R, b, d, n) fp32 (or None)."""
+
+    @staticmethod
+    def forward(ctx, spec, u, delta, A, B, C, D, z, db, h0):
+        R = spec.ndir
+        u, delta, A, B, C, z = (_lastdim(t) for t in (u, delta, A, B, C, z))
+        b, d, l = u.shape[-3:]
+        if spec.mode == 2:
+            d, l = delta.shape[-2:]
+            b = delta.shape[-3]
+        n = A.shape[-1]
+        gB, gC = B.shape[-3], C.shape[-3]
+        (bdf, blf, wf), (bdb, blb, wb) = _launch_config(d, l, gB, gC)
+        BLOCK_N = max(2, _next_pow2(n))
+        dev = u.device
+        out = torch.empty(R, b, d, l, device=dev, dtype=u.dtype)
+        hT = torch.empty(R, b, d, n, device=dev, dtype=torch.float32) if spec.want_final else out
+        nck = triton.cdiv(l, blb)
+        ck = (torch.empty(R, b, nck, d, n, device=dev, dtype=torch.float32) if spec.need_ck else out)
+        su_r, su = _dir_strides(u, 4)
+        sdt_r, sdt = _dir_strides(delta, 4)
+        sA_r, sA = _dir_strides(A, 3)
+        sB_r, sB = _dir_strides(B, 5)
+        sC_r, sC = _dir_strides(C, 5)
+        sD_r = _dir_strides(D, 2)[0] if D is not None else 0
+        sdb_r = _dir_strides(db, 2)[0] if db is not None else 0
+        sz_r, sz = _dir_strides(z, 4) if z is not None else (0, (0, 0, 0))
+        dummy = out
+        grid = (triton.cdiv(d, bdf), b, R)
+        _scan_fwd_kernel[grid](
+            u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
+            db if db is not None else dummy, h0 if h0 is not None else dummy,
+            out, hT, ck,
+            su_r, su[0], su[1], sdt_r, sdt[0], sdt[1], sA_r, sA[0],
+            sB_r, sB[0], sB[1], sB[2], sC_r, sC[0], sC[1], sC[2],
+            sD_r, sdb_r, sz_r, sz[0], sz[1],
+            b, d, l, n, d // gB, d // gC, nck, spec.H, spec.W,
+            MODE=spec.mode, REV=spec.rev, HAS_D=D is not None, HAS_Z=z is not None, HAS_DB=db is not None,
+            SOFTPLUS=spec.softplus, HAS_H0=h0 is not None, STORE_HT=spec.want_final, STORE_CK=spec.need_ck,
+            CK_EVERY=blb // blf, BLOCK_D=bdf, BLOCK_N=BLOCK_N, BLOCK_L=blf, num_warps=wf,
+        )
+        ctx.spec = spec
+        ctx.dims = (b, d, l, n, gB, gC, nck, bdb, blb, wb, BLOCK_N)
+        ctx.has = (D is not None, z is not None, db is not None, h0 is not None)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, db, ck)
+        return out, (hT if spec.want_final else None)
+
+    @staticmethod
+    def backward(ctx, dout, dhT):
+        spec = ctx.spec
+        u, delta, A, B, C, D, z, db, ck = ctx.saved_tensors
+        b, d, l, n, gB, gC, nck, bdb, blb, wb, BLOCK_N = ctx.dims
+        has_D, has_z, has_db, has_h0 = ctx.has
+        R = spec.ndir
+        dev = u.device
+        f32 = torch.float32
+        dout = torch.zeros(R, b, d, l, device=dev, dtype=u.dtype) if dout is None else dout.contiguous()
+
+        def dir_buffer(t, per_dir_dim):
+            # gradient of a direct-stored (b, d, l) tensor: per direction, summed afterwards when shared
+            if t.dim() == per_dir_dim:
+                return torch.empty(t.shape, device=dev, dtype=t.dtype), False
+            if R == 1:
+                return torch.empty(t.shape, device=dev, dtype=t.dtype), False
+            return torch.empty((R,) + tuple(t.shape), device=dev, dtype=f32), True
+
+        du, du_red = dir_buffer(u, 4)
+        ddt, ddt_red = dir_buffer(delta, 4)
+        dz, dz_red = dir_buffer(z, 4) if has_z else (dout, False)
+        dB = torch.zeros(B.shape, device=dev, dtype=f32)
+        dC = torch.zeros(C.shape, device=dev, dtype=f32)
+        dA_part = torch.empty(R, b, d, n, device=dev, dtype=f32)
+        dD_part = torch.empty(R, b, d, device=dev, dtype=f32) if has_D else dA_part
+        ddb_part = torch.empty(R, b, d, device=dev, dtype=f32) if has_db else dA_part
+        dh0 = torch.empty(R, b, d, n, device=dev, dtype=f32) if has_h0 else dA_part
+        has_dhT = dhT is not None and spec.want_final
+        dhT = dhT.float().contiguous() if has_dhT else dA_part
+
+        def rs(t, per_dir_dim, red):
+            if red:  # the buffer carries R even though the input is shared
+                return t.stride(0), t.stride()[1:]
+            return _dir_strides(t, per_dir_dim)
+
+        su_r, su = _dir_strides(u, 4)
+        sdt_r, sdt = _dir_strides(delta, 4)
+        sA_r, sA = _dir_strides(A, 3)
+        sB_r, sB = _dir_strides(B, 5)
+        sC_r, sC = _dir_strides(C, 5)
+        sD_r = _dir_strides(D, 2)[0] if has_D else 0
+        sdb_r = _dir_strides(db, 2)[0] if has_db else 0
+        sz_r, sz = _dir_strides(z, 4) if has_z else (0, (0, 0, 0))
+        sdu_r, sdu = rs(du, 4, du_red)
+        sddt_r, sddt = rs(ddt, 4, ddt_red)
+        sdz_r, sdz = rs(dz, 4, dz_red) if has_z else (0, (0, 0, 0))
+        sdB_r, sdB = _dir_strides(dB, 5)
+        sdC_r, sdC = _dir_strides(dC, 5)
+        dummy = dA_part
+        grid = (triton.cdiv(d, bdb), b, R)
+        _scan_bwd_kernel[grid](
+            u, delta, A, B, C, D if has_D else dummy, z if has_z else dummy, db if has_db else dummy,
+            ck, dout, dhT,
+            du, ddt, dz, dA_part, dB, dC, dD_part, ddb_part, dh0,
+            su_r, su[0], su[1], sdt_r, sdt[0], sdt[1], sA_r, sA[0],
+            sB_r, sB[0], sB[1], sB[2], sC_r, sC[0], sC[1], sC[2],
+            sD_r, sdb_r, sz_r, sz[0], sz[1],
+            sdu_r, sdu[0], sdu[1], sddt_r, sddt[0], sddt[1], sdz_r, sdz[0], sdz[1],
+            sdB_r, sdB[0], sdB[1], sdB[2], sdC_r, sdC[0], sdC[1], sdC[2],
+            b, d, l, n, d // gB, d // gC, nck, spec.H, spec.W,
+            MODE=spec.mode, REV=spec.rev, HAS_D=has_D, HAS_Z=has_z, HAS_DB=has_db, SOFTPLUS=spec.softplus,
+            HAS_DHT=has_dhT, STORE_DH0=has_h0, BLOCK_D=bdb, BLOCK_N=BLOCK_N, BLOCK_L=blb, num_warps=wb,
+        )
+
+        def finish(buf, red, like):
+            return (buf.sum(0) if red else buf).to(like.dtype)
+
+        du = finish(du, du_red, u)
+        ddt = finish(ddt, ddt_red, delta)
+        dz = finish(dz, dz_red, z) if has_z else None
+        dA = dA_part.sum(1)
+        dA = (dA if A.dim() == 3 else dA.sum(0)).to(A.dtype)
+        dD = ddb = None
+        if has_D:
+            dD = dD_part.sum(1)
+            dD = (dD if D.dim() == 2 else dD.sum(0)).to(D.dtype)
+        if has_db:
+            ddb = ddb_part.sum(1)
+            ddb = (ddb if db.dim() == 2 else ddb.sum(0)).to(db.dtype)
+        return (None, du, ddt, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dz, ddb,
+                dh0 if has_h0 else None)
+
+
+def _needs_grad(*ts):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
