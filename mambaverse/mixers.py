@@ -165,7 +165,46 @@ class BidirectionalMamba(nn.Module):
         self.ssm_fwd = SelectiveSSM(self.d_inner, d_state, d_conv, dt_rank)
         self.ssm_rev = SelectiveSSM(self.d_inner, d_state, d_conv, dt_rank, reverse=True)
 
-    def forward(self, hidden):
+    def direction(self, hidden, reverse: bool, initial_state=None, return_final_state=False):
+        """One direction's contribution (B, L, d_model), ready for `combine`, with state carrying.
+
+        Forward direction: ``initial_state`` (conv_state, ssm_state) enters before position 0 and the final
+        state leaves after position L-1. Reverse direction: it enters after position L-1 and leaves before
+        position 0, so chunks of a long sequence are visited right to left. With tied projections and "add",
+        the reverse contribution has no out_proj bias (the bias enters once, with the forward one), so that
+        ``combine(direction(h, False), direction(h, True)) == forward(h)``."""
+        _check_hidden(hidden, self.d_model, "BidirectionalMamba")
+        proj = self.in_proj_rev if (reverse and not self.tie_projections) else self.in_proj
+        x, z = proj(hidden).transpose(1, 2).chunk(2, dim=1)
+        ssm = self.ssm_rev if reverse else self.ssm_fwd
+        out = ssm(x, z, initial_state, return_final_state, self.backend)
+        y, state = out if return_final_state else (out, None)
+        y = y.transpose(1, 2)
+        if not self.tie_projections:
+            y = (self.out_proj_rev if reverse else self.out_proj)(y)
+        elif self.variant == "vim_v2" or self.strategy == "add":
+            y = F.linear(y, self.out_proj.weight, None if reverse else self.out_proj.bias)
+        else:
+            y = self.out_proj(y)
+        return (y, state) if return_final_state else y
+
+    def combine(self, fwd, rev):
+        """Merge the two contributions of `direction` into the block's output."""
+        if self.strategy == "ew_multiply":
+            return fwd * rev
+        return 0.5 * (fwd + rev) if self.variant == "vim_v2" else fwd + rev
+
+    def forward(self, hidden, initial_state=None, return_final_state=False):
+        """hidden (B, L, d_model). initial_state: (forward-direction state, reverse-direction state), each a
+        (conv_state, ssm_state) pair or None; the reverse one enters at the end of the sequence (see
+        `direction`). With return_final_state, also returns the pair of states leaving each direction."""
+        if initial_state is not None or return_final_state:
+            init_f, init_r = initial_state if initial_state is not None else (None, None)
+            f = self.direction(hidden, False, init_f, return_final_state)
+            r = self.direction(hidden, True, init_r, return_final_state)
+            if return_final_state:
+                return self.combine(f[0], r[0]), (f[1], r[1])
+            return self.combine(f, r)
         _check_hidden(hidden, self.d_model, "BidirectionalMamba")
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)
         fwd, _ = self.ssm_fwd.scan_args(x)

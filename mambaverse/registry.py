@@ -33,7 +33,9 @@ def builder(cls):
         init(self, *args, **kwargs)
         arguments = dict(bound.arguments)
         arguments.pop("self")
-        self.config = {"builder": cls.__name__, **arguments}
+        # tuples become lists so that the config equals its YAML round trip
+        self.config = {"builder": cls.__name__,
+                       **{k: list(v) if isinstance(v, tuple) else v for k, v in arguments.items()}}
 
     cls.__init__ = recording_init
     _BUILDERS[cls.__name__] = cls

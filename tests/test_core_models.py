@@ -1,0 +1,173 @@
+"""Mixers, backbones, wrappers, registry and persistence: each checked by its defining property."""
+import copy
+
+import pytest
+import torch
+import yaml
+
+import mambaverse as mv
+from mambaverse.mixers import BidirectionalMamba, Mamba
+from mambaverse.patch_scan import route_order
+from mambaverse.rc import PostHocConjoin, rc_features
+from mambaverse.ops import cross_scan
+
+
+def close(a, b, tol=1e-5):
+    return ((a - b).norm() / max(b.norm().item(), 1e-6)).item() < tol
+
+
+@pytest.mark.parametrize("preset", ["causal_tiny"])
+def test_step_matches_parallel_forward(preset):
+    model = mv.create_model(preset).eval()
+    x = torch.randn(2, 25, model.d_model)
+    parallel = model(x)
+    cache = model.allocate_cache(2)
+    stepped = torch.stack([model.step(x[:, t], cache) for t in range(25)], dim=1)
+    assert close(stepped, parallel)
+    assert cache.seqlen_offset == 25 and isinstance(cache, torch.nn.Module)
+    assert cache.reset().layers[0].ssm_state.abs().sum() == 0
+
+
+def test_prompt_then_step_continues_the_parallel_forward():
+    """Prefill with the parallel forward, load the final states into the cache, then step on."""
+    model = mv.create_model("causal_tiny").eval()
+    x = torch.randn(1, 30, model.d_model)
+    full = model(x)
+    _, states = model(x[:, :20], return_final_states=True)
+    cache = model.allocate_cache(1)
+    for layer_cache, (conv_state, ssm_state) in zip(cache.layers, states):
+        layer_cache.update(conv_state, ssm_state)
+    tail = torch.stack([model.step(x[:, t], cache) for t in range(20, 30)], dim=1)
+    assert close(tail, full[:, 20:])
+
+
+def test_backbone_state_carry_equals_one_pass():
+    model = mv.create_model("causal_tiny")
+    x = torch.randn(2, 40, model.d_model)
+    whole = model(x)
+    first, states = model(x[:, :17], return_final_states=True)
+    second = model(x[:, 17:], initial_states=states)
+    assert close(torch.cat([first, second], 1), whole)
+
+
+def _causal_copy(bi: BidirectionalMamba, direction: str) -> Mamba:
+    """A causal Mamba block holding one direction's parameters of a bidirectional mixer."""
+    mamba = Mamba(bi.d_model, bi.ssm_fwd.d_state, bi.ssm_fwd.d_conv, bi.d_inner // bi.d_model)
+    ssm = bi.ssm_fwd if direction == "fwd" else bi.ssm_rev
+    mamba.ssm.load_state_dict(ssm.state_dict())
+    untied = direction == "rev" and not bi.tie_projections
+    mamba.in_proj = bi.in_proj_rev if untied else bi.in_proj
+    mamba.out_proj = bi.out_proj_rev if untied else bi.out_proj
+    return mamba
+
+
+@pytest.mark.parametrize("variant, strategy, tie", [("caduceus", "add", True), ("caduceus", "add", False),
+                                                     ("caduceus", "ew_multiply", True),
+                                                     ("caduceus", "ew_multiply", False), ("vim_v2", "add", True)])
+def test_bidirectional_equals_explicit_flip_composition(variant, strategy, tie):
+    bi = BidirectionalMamba(16, d_state=4, variant=variant, strategy=strategy, tie_projections=tie)
+    x = torch.randn(2, 21, 16)
+    fwd = _causal_copy(bi, "fwd")(x)
+    rev = _causal_copy(bi, "rev")(x.flip(1)).flip(1)
+    want = {"add": fwd + rev, "ew_multiply": fwd * rev}[strategy]
+    if variant == "vim_v2":
+        want = 0.5 * want
+    assert close(bi(x), want)
+
+
+def test_bidirectional_backbone_flip_symmetry():
+    """Flipping the input flips the output once the directions' parameters are swapped."""
+    model = mv.create_model("bimamba_tiny", n_layer=1)
+    swapped = copy.deepcopy(model)
+    for layer, layer_s in zip(model.layers, swapped.layers):
+        layer_s.mixer.ssm_fwd.load_state_dict(layer.mixer.ssm_rev.state_dict())
+        layer_s.mixer.ssm_rev.load_state_dict(layer.mixer.ssm_fwd.state_dict())
+    x = torch.randn(2, 19, model.d_model)
+    assert close(model(x.flip(1)), swapped(x).flip(1))
+
+
+def test_rcps_backbone_is_rc_equivariant():
+    model = mv.create_model("caduceus_ps_tiny")
+    h = torch.randn(3, 33, model.d_model)
+    assert close(model(rc_features(h)), rc_features(model(h)), 1e-5)
+    # a plain bidirectional backbone is not: the property is not vacuous
+    plain = mv.create_model("bimamba_tiny")
+    assert not close(plain(rc_features(h)), rc_features(plain(h)), 1e-2)
+
+
+def test_post_hoc_conjoin_is_rc_invariant_for_sequence_outputs():
+    complement = torch.tensor([3, 2, 1, 0, 4])  # A C G T N -> T G C A N
+    embed = torch.nn.Embedding(5, 16)
+    backbone = mv.create_model("bimamba_tiny", d_model=16, n_layer=1)
+    model = torch.nn.Sequential(embed, backbone, torch.nn.Linear(16, 3))
+
+    def rc_tokens(x):
+        return complement[x].flip(1)
+
+    conjoined = PostHocConjoin(model, rc_tokens, rc_output=lambda y: y.flip(1))
+    x = torch.randint(0, 5, (2, 23))
+    assert close(conjoined(rc_tokens(x)), conjoined(x).flip(1))
+
+
+def test_route_order_matches_cross_scan():
+    t = torch.randn(2, 3, 4, 5)
+    per_route = t.unsqueeze(1).expand(2, 4, 3, 4, 5)
+    assert torch.equal(route_order(per_route), cross_scan(t))
+
+
+@pytest.mark.parametrize("name", ["vim_tiny", "vmamba_tiny"])
+def test_patch_scan_backbones_follow_timm_interface(name):
+    model = mv.create_model(name)
+    x = torch.randn(2, 3, 32, 32)
+    logits = model(x)
+    assert logits.shape == (2, 10)
+    assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (2, model.num_features)
+    model.reset_classifier(4)
+    assert model(x).shape == (2, 4)
+    assert model.forward_spatial(x).shape[:2] == (2, model.num_features)
+    logits.sum().backward()  # the whole graph is differentiable
+    with pytest.raises(mv.ShapeError, match="multiples of patch_size"):
+        model(torch.randn(1, 3, 30, 30))
+
+
+def test_vim_class_token_sits_in_the_middle():
+    model = mv.create_model("vim_tiny")
+    features = model.forward_features(torch.randn(1, 3, 32, 32))
+    assert features.shape[1] == 65 and model.cls_index == 32
+
+
+@pytest.mark.parametrize("name", ["causal_tiny", "causal_mamba2_tiny", "bimamba_tiny", "caduceus_ps_tiny",
+                                  "vim_tiny", "vmamba_tiny"])
+def test_save_load_round_trip(tmp_path, name):
+    model = mv.create_model(name, **({"n_layer": 1} if "tiny" in name and "v" not in name[:2] else {})).eval()
+    mv.save_pretrained(model, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "model.safetensors"]
+    loaded = mv.from_pretrained(tmp_path).eval()
+    x = torch.randn(1, 3, 32, 32) if name.startswith("v") else torch.randn(1, 12, model.d_model)
+    assert torch.equal(loaded(x), model(x))
+    assert loaded.config == model.config
+
+
+def test_from_pretrained_refuses_unknown_builders_and_bad_files(tmp_path):
+    mv.save_pretrained(mv.create_model("causal_tiny"), tmp_path)
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**config, "builder": "os.system"}))
+    with pytest.raises(mv.ConfigError, match="unknown builder 'os.system'"):
+        mv.from_pretrained(tmp_path)
+    (tmp_path / "config.yaml").write_text("builder: [unclosed")
+    with pytest.raises(mv.ConfigError, match="not valid YAML"):
+        mv.from_pretrained(tmp_path)
+    with pytest.raises(mv.ConfigError, match="missing"):
+        mv.from_pretrained(tmp_path / "nowhere")
+
+
+def test_registry_lists_filters_and_rejects():
+    assert {"causal_tiny", "bimamba_tiny", "caduceus_ps_tiny", "vim_tiny", "vmamba_tiny"} <= set(mv.list_models())
+    assert mv.list_models("vim*") == sorted(n for n in mv.list_models() if n.startswith("vim"))
+    assert mv.create_model("causal_tiny", n_layer=3).config["n_layer"] == 3
+    with pytest.raises(mv.ConfigError, match="unknown model preset 'causal_huge'"):
+        mv.create_model("causal_huge")
+    with pytest.raises(mv.ConfigError, match=r"unknown override\(s\) \['widht'\]"):
+        mv.create_model("causal_tiny", widht=3)
+    with pytest.raises(mv.ShapeError, match="expected \\(batch, length, d_model=64\\)"):
+        mv.create_model("causal_tiny")(torch.randn(2, 5, 32))
