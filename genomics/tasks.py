@@ -1,0 +1,317 @@
+"""DNA tasks as LightningModules: sequence classification and LM pretraining (causal or masked).
+
+Both build a core backbone by preset name (``backbone`` + ``backbone_overrides``) and add a token
+embedding and a head; for RC-equivariant backbones (``RCPSBackbone``) the embedding is
+RC-equivariant and the heads RC-invariant (classification) or RC-equivariant (LM), so the whole
+model respects reverse complement exactly. ``pretrained_ckpt`` loads matching backbone, embedding
+and stem weights from a Lightning checkpoint of either task (or a ``save_pretrained`` folder).
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mambaverse.errors import ConfigError
+from mambaverse.rc import PostHocConjoin
+from mambaverse.registry import create_model
+
+from .errors import GenomicsDataError
+from .metrics import atomic_write_json, classification_metrics, save_confusion_png
+from .models import (LMHead, RCPatchStem, RCTokenEmbedding, SequenceHead, TokenEmbedding, insert_cls, is_causal,
+                     is_rc_equivariant)
+from .tokenizer import MASK_ID, NUCLEOTIDE_IDS, DNATokenizer
+
+_TRANSFERABLE = ("backbone.", "embed.", "stem.")
+
+
+def load_pretrained_weights(module: nn.Module, path: str) -> list[str]:
+    """Copy backbone/embedding/stem weights with matching names and shapes; return the names loaded."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise GenomicsDataError(f"pretrained_ckpt: {p} not found; expected a Lightning .ckpt or a save_pretrained folder")
+    if p.is_dir():
+        from mambaverse.persistence import from_pretrained
+
+        state = {f"backbone.{k}": v for k, v in from_pretrained(p).state_dict().items()}
+    else:
+        try:
+            ckpt = torch.load(p, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+            raise GenomicsDataError(f"pretrained_ckpt: cannot read {p} ({type(exc).__name__}); expected a Lightning .ckpt") from None
+        state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+        if not isinstance(state, dict):
+            raise GenomicsDataError(f"pretrained_ckpt: {p} holds no state_dict; expected a Lightning .ckpt")
+    own = module.state_dict()
+    take = {k: v for k, v in state.items() if k.startswith(_TRANSFERABLE) and k in own and own[k].shape == v.shape}
+    if not any(k.startswith("backbone.") for k in take):
+        raise GenomicsDataError(f"pretrained_ckpt: {p} has no backbone weights matching backbone "
+                                f"{module.hparams.get('backbone')!r} with these overrides")
+    module.load_state_dict(take, strict=False)
+    return sorted(take)
+
+
+class _DNABase(pl.LightningModule):
+    def _build_trunk(self, backbone: str, backbone_overrides: dict | None, patch_size: int = 1):
+        self.tokenizer = DNATokenizer()
+        self.backbone = create_model(backbone, **(backbone_overrides or {}))
+        d = self.backbone.d_model
+        self.rc = is_rc_equivariant(self.backbone)
+        self.causal = is_causal(self.backbone)
+        V = self.tokenizer.vocab_size
+        self.embed = RCTokenEmbedding(V, d, self.tokenizer.complement_map) if self.rc else TokenEmbedding(V, d)
+        if patch_size < 1:
+            raise ConfigError(f"patch_size: got {patch_size}, expected >= 1")
+        self.stem = RCPatchStem(d, patch_size, self.rc) if patch_size > 1 else None
+
+    def _hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.embed(ids)
+        if self.stem is not None:
+            h = self.stem(h)
+        return self.backbone(h)
+
+    def _optim(self, lr, weight_decay, warmup_steps):
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.dim() < 2 or "embed" in name or name.endswith(("A_log", ".D")) else decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1000
+
+        def schedule(step):  # linear warm-up, then cosine down to 10%
+            if step < warmup_steps:
+                return (step + 1) / warmup_steps
+            t = min(1.0, (step - warmup_steps) / max(1, total - warmup_steps))
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class DNAClassifier(_DNABase):
+    """Sequence classification of DNA windows.
+
+    Args:
+        num_classes: number of labels (the datamodule's ``files`` keys, in order).
+        backbone: a model preset name (``mambaverse models`` lists them), e.g. ``caduceus_ps_dna_small``.
+        backbone_overrides: hyperparameters overriding the preset's.
+        pooling: ``mean`` over positions, ``last`` token, or a ``cls`` token (middle for bidirectional
+            backbones, end for causal ones); RC-invariant for RC-equivariant backbones.
+        patch_size: >1 shortens the sequence with a k-mer stem (conv of width and stride patch_size).
+        conjoin: at evaluation, average the logits of x and of its reverse complement (Caduceus-Ph style).
+        class_names: names for plots (default: the datamodule's labels).
+        output_dir: where test metrics JSON and the confusion-matrix PNG go (default: the trainer's log dir).
+        pretrained_ckpt: Lightning checkpoint (or save_pretrained folder) to take backbone weights from.
+    """
+
+    def __init__(self, num_classes: int, backbone: str = "caduceus_ps_dna_small", backbone_overrides: dict | None = None,
+                 pooling: Literal["mean", "last", "cls"] = "mean", patch_size: int = 1, conjoin: bool = False,
+                 dropout: float = 0.0, lr: float = 2e-3, weight_decay: float = 0.01, warmup_steps: int = 20,
+                 class_names: list[str] | None = None, output_dir: str | None = None,
+                 pretrained_ckpt: str | None = None):
+        super().__init__()
+        if num_classes < 2:
+            raise ConfigError(f"num_classes: got {num_classes}, expected at least 2")
+        self.save_hyperparameters()
+        self._build_trunk(backbone, backbone_overrides, patch_size)
+        if pooling == "cls" and patch_size > 1:
+            raise ConfigError("pooling: 'cls' cannot be combined with patch_size > 1; use 'mean' or 'last'")
+        self.head = SequenceHead(self.backbone.d_model, num_classes, pooling, self.rc, dropout)
+        self.loaded_pretrained: list[str] = []
+        if pretrained_ckpt:
+            self.loaded_pretrained = load_pretrained_weights(self, pretrained_ckpt)
+        self._eval: dict[str, list] = {}
+        self.test_results: dict | None = None
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ forward
+    def features(self, ids: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, d) -- RC-invariant (B, d // 2) for RC-equivariant backbones."""
+        cls_index = None
+        if self.hparams.pooling == "cls":
+            ids, cls_index = insert_cls(ids, self.causal)
+        return self.head.features(self._hidden(ids), cls_index)
+
+    def _logits(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head.fc(self.head.dropout(self.features(ids)))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.hparams.conjoin and not self.training:
+            return PostHocConjoin(self._logits, self.tokenizer.rc_tokens)(ids)
+        return self._logits(ids)
+
+    # ------------------------------------------------------------------ steps
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        n = getattr(dm, "num_classes", None)
+        if n is not None and n != self.hparams.num_classes:
+            raise ConfigError(f"model.init_args.num_classes is {self.hparams.num_classes} but the data has {n} labels "
+                              f"({', '.join(dm.labels)}); set num_classes: {n}")
+
+    def training_step(self, batch, batch_idx):
+        logits = self(batch["input_ids"])
+        loss = F.cross_entropy(logits, batch["label"])
+        acc = (logits.argmax(-1) == batch["label"]).float().mean()
+        self.log_dict({"train_loss": loss, "train_acc": acc}, prog_bar=True, batch_size=len(logits))
+        return loss
+
+    def _eval_step(self, stage, batch):
+        logits = self(batch["input_ids"])
+        loss = F.cross_entropy(logits, batch["label"])
+        self.log(f"{stage}_loss", loss, batch_size=len(logits))
+        buf = self._eval.setdefault(stage, [])
+        buf.append((logits.argmax(-1).cpu(), batch["label"].cpu()))
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step("val", batch)
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step("test", batch)
+
+    def _class_names(self) -> list[str]:
+        if self.hparams.class_names:
+            return list(self.hparams.class_names)
+        dm = getattr(self.trainer, "datamodule", None)
+        return list(getattr(dm, "labels", [str(i) for i in range(self.hparams.num_classes)]))
+
+    def _finish(self, stage) -> dict:
+        buf = self._eval.pop(stage, [])
+        if not buf:
+            return {}
+        pred = torch.cat([p for p, _ in buf]).numpy()
+        true = torch.cat([t for _, t in buf]).numpy()
+        m = classification_metrics(true, pred, self.hparams.num_classes)
+        self.log_dict({f"{stage}_acc": m["accuracy"], f"{stage}_macro_f1": m["macro_f1"], f"{stage}_mcc": m["mcc"]},
+                      prog_bar=stage == "val")
+        return m
+
+    def on_validation_epoch_end(self):
+        m = self._finish("val")
+        if m and not self.trainer.sanity_checking:
+            self.history.append({"epoch": self.current_epoch, "step": self.global_step, "val_acc": m["accuracy"]})
+
+    def output_path(self) -> Path:
+        if self.hparams.output_dir:
+            return Path(self.hparams.output_dir)
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
+
+    def on_test_epoch_end(self):
+        m = self._finish("test")
+        if not m:
+            return
+        names = self._class_names()
+        out = self.output_path()
+        png = save_confusion_png(m["confusion_matrix"], names, out / "confusion_matrix.png",
+                                 title=f"test accuracy {m['accuracy']:.3f}")
+        dm = getattr(self.trainer, "datamodule", None)
+        self.test_results = {**m, "class_names": names, "window": getattr(dm, "window", None),
+                             "confusion_png": str(png), "val_history": self.history}
+        atomic_write_json(out / "test_metrics.json", self.test_results)
+
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        feats = self.features(batch["input_ids"])
+        logits = self.head.fc(feats)
+        return {"embedding": feats.float().cpu(), "probs": logits.softmax(-1).float().cpu(),
+                **{k: batch[k] for k in ("record", "start", "end", "strand", "label", "file") if k in batch}}
+
+    def configure_optimizers(self):
+        return self._optim(self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps)
+
+
+class DNALanguageModel(_DNABase):
+    """LM pretraining on DNA windows: ``causal`` (next base; CausalBackbone presets) or ``masked``
+    (BERT-style 80/10/10 on A/C/G/T positions; any backbone). Logs loss, bits per base and perplexity
+    over bases (targets that are N are ignored).
+
+    Args:
+        backbone: a model preset name; backbone_overrides: its overridden hyperparameters.
+        objective: ``causal``, ``masked``, or ``auto`` (causal for causal backbones, masked otherwise).
+        mask_prob: fraction of bases selected for the masked objective.
+        pretrained_ckpt: resume weights (backbone/embedding) from a checkpoint.
+    """
+
+    def __init__(self, backbone: str = "caduceus_ps_dna_small", backbone_overrides: dict | None = None,
+                 objective: Literal["auto", "causal", "masked"] = "auto", mask_prob: float = 0.15,
+                 lr: float = 2e-3, weight_decay: float = 0.01, warmup_steps: int = 20,
+                 pretrained_ckpt: str | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self._build_trunk(backbone, backbone_overrides)
+        if objective == "auto":
+            objective = "causal" if self.causal else "masked"
+        if objective == "causal" and not self.causal:
+            raise ConfigError(f"objective: 'causal' needs a causal backbone, but {backbone!r} sees both directions; "
+                              f"use objective: masked")
+        self.objective = objective
+        self.lm_head = LMHead(self.backbone.d_model, self.tokenizer.vocab_size, self.rc, self.tokenizer.complement_map)
+        self.register_buffer("_bases", torch.tensor(NUCLEOTIDE_IDS), persistent=False)
+        if pretrained_ckpt:
+            load_pretrained_weights(self, pretrained_ckpt)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Per-position vocabulary logits (B, L, V)."""
+        return self.lm_head(self._hidden(ids))
+
+    def _mask(self, ids: torch.Tensor):
+        is_base = torch.isin(ids, self._bases)
+        sel = (torch.rand(ids.shape, device=ids.device) < self.hparams.mask_prob) & is_base
+        r = torch.rand(ids.shape, device=ids.device)
+        inp = ids.clone()
+        inp[sel & (r < 0.8)] = MASK_ID
+        rand_sel = sel & (r >= 0.8) & (r < 0.9)
+        inp[rand_sel] = self._bases[torch.randint(0, 4, (int(rand_sel.sum()),), device=ids.device)]
+        target = torch.where(sel, ids, torch.full_like(ids, -100))
+        return inp, target
+
+    def lm_loss(self, ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+        if self.objective == "causal":
+            logits = self(ids[:, :-1])
+            target = ids[:, 1:]
+            target = torch.where(torch.isin(target, self._bases), target, torch.full_like(target, -100))
+        else:
+            inp, target = self._mask(ids)
+            logits = self(inp)
+        n = int((target != -100).sum())
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=-100)
+        return loss, n
+
+    def training_step(self, batch, batch_idx):
+        loss, n = self.lm_loss(batch["input_ids"])
+        self.log_dict({"train_loss": loss, "train_bpb": loss / math.log(2)}, prog_bar=True,
+                      batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def _eval_step(self, stage, batch):
+        if self.objective == "masked":  # a fixed mask per batch so that evaluation is deterministic
+            g = torch.random.fork_rng(devices=[])
+            with g:
+                torch.manual_seed(1234 + int(batch["start"][0]) % 100000)
+                loss, n = self.lm_loss(batch["input_ids"])
+        else:
+            loss, n = self.lm_loss(batch["input_ids"])
+        self.log_dict({f"{stage}_loss": loss, f"{stage}_bpb": loss / math.log(2), f"{stage}_ppl": torch.exp(loss)},
+                      prog_bar=stage == "val", batch_size=max(1, n))
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step("val", batch)
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step("test", batch)
+
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        h = self._hidden(batch["input_ids"])
+        emb = SequenceHead(h.shape[-1], 2, "mean", self.rc).features(h)
+        return {"embedding": emb.float().cpu(),
+                **{k: batch[k] for k in ("record", "start", "end", "strand", "label", "file") if k in batch}}
+
+    def configure_optimizers(self):
+        return self._optim(self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps)
