@@ -4,6 +4,11 @@
   recurrent decoding (`allocate_cache`, `step`) and carrying state across calls (`initial_states`).
 - BidirectionalBackbone: the same stack with BidirectionalMamba mixers (Caduceus or Vim-v2 style).
 - RCPSBackbone: a Caduceus-PS-style reverse-complement-equivariant wrapper of a bidirectional stack.
+
+``chunk_len`` (all three; None = off) runs sequences longer than it in state-carrying chunks with exact
+gradients and memory bounded by one chunk (see ``mambaverse.long_context``); ``checkpoint_layers`` adds
+per-layer activation checkpointing. Both are plain hyperparameters, so a config sets them through
+``backbone_overrides``.
 """
 from __future__ import annotations
 
@@ -16,6 +21,13 @@ from .errors import ConfigError, ShapeError
 from .mixers import BidirectionalMamba, Mamba, Mamba2, RMSNorm
 from .rc import RCEquivariant
 from .registry import builder
+
+
+def _chunk_len(chunk_len, who):
+    """Validate a backbone's ``chunk_len`` switch: None/0 = off, else positions per state-carrying chunk."""
+    if chunk_len is not None and (isinstance(chunk_len, bool) or not isinstance(chunk_len, int) or chunk_len < 0):
+        raise ConfigError(f"{who}: chunk_len={chunk_len!r}; expected a positive int, or 0/None for no chunking")
+    return chunk_len or None
 
 
 class ResidualBlock(nn.Module):
@@ -58,8 +70,11 @@ class CausalBackbone(_Stack):
     def __init__(self, d_model: int = 128, n_layer: int = 4, mixer: str = "mamba", d_state: int = 16,
                  d_conv: int = 4, expand: int = 2, dt_rank: int | None = None, headdim: int = 32,
                  chunk_size: int = 64, norm_eps: float = 1e-5, checkpoint_layers: bool = False,
-                 backend: str = "auto"):
+                 backend: str = "auto", chunk_len: int | None = None):
         super().__init__()
+        self.chunk_len = _chunk_len(chunk_len, "CausalBackbone")
+        if self.chunk_len and mixer != "mamba":
+            raise ConfigError(f"CausalBackbone: chunk_len needs mixer='mamba' (state carrying); got mixer={mixer!r}")
         if mixer == "mamba":
             make = lambda: Mamba(d_model, d_state, d_conv, expand, dt_rank, backend=backend)  # noqa: E731
         elif mixer == "mamba2":
@@ -76,6 +91,10 @@ class CausalBackbone(_Stack):
         so that a long sequence can be processed in chunks that carry their state (Mamba-1 mixer only)."""
         self._check(hidden)
         carry = initial_states is not None or return_final_states
+        if self.chunk_len and not carry and hidden.shape[1] > self.chunk_len:
+            from .long_context import chunked_causal_forward  # chunks that carry state, exact gradients
+
+            return chunked_causal_forward(self, hidden, self.chunk_len, self.checkpoint_layers)
         if carry and self.mixer_type != "mamba":
             raise ConfigError("CausalBackbone: carrying state across calls needs mixer='mamba'")
         finals = []
@@ -112,8 +131,9 @@ class BidirectionalBackbone(_Stack):
     def __init__(self, d_model: int = 128, n_layer: int = 4, variant: str = "caduceus", strategy: str = "add",
                  tie_projections: bool = True, d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  dt_rank: int | None = None, norm_eps: float = 1e-5, checkpoint_layers: bool = False,
-                 backend: str = "auto"):
+                 backend: str = "auto", chunk_len: int | None = None):
         super().__init__()
+        self.chunk_len = _chunk_len(chunk_len, "BidirectionalBackbone")
         blocks = [ResidualBlock(d_model, BidirectionalMamba(d_model, d_state, d_conv, expand, dt_rank, variant, strategy,
                                                             tie_projections, backend=backend), norm_eps)
                   for _ in range(n_layer)]
@@ -121,6 +141,10 @@ class BidirectionalBackbone(_Stack):
 
     def forward(self, hidden):
         self._check(hidden)
+        if self.chunk_len and hidden.shape[1] > self.chunk_len:
+            from .long_context import chunked_bidirectional_forward  # layer-major, exact gradients
+
+            return chunked_bidirectional_forward(self, hidden, self.chunk_len)
         for layer in self.layers:
             hidden = self._run(layer, hidden)
         return self.norm_f(hidden)
@@ -135,13 +159,13 @@ class RCPSBackbone(nn.Module):
     def __init__(self, d_model: int = 128, n_layer: int = 4, variant: str = "caduceus", strategy: str = "add",
                  tie_projections: bool = True, d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  dt_rank: int | None = None, norm_eps: float = 1e-5, checkpoint_layers: bool = False,
-                 backend: str = "auto"):
+                 backend: str = "auto", chunk_len: int | None = None):
         super().__init__()
         if d_model % 2:
             raise ConfigError(f"RCPSBackbone: d_model={d_model} must be even (two RC-paired halves)")
         self.d_model = d_model
         inner = BidirectionalBackbone(d_model // 2, n_layer, variant, strategy, tie_projections, d_state, d_conv,
-                                      expand, dt_rank, norm_eps, checkpoint_layers, backend)
+                                      expand, dt_rank, norm_eps, checkpoint_layers, backend, chunk_len)
         self.rc = RCEquivariant(inner)
 
     def forward(self, hidden):

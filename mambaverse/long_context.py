@@ -28,22 +28,94 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .backbones import BidirectionalBackbone, CausalBackbone, RCPSBackbone
+from .backbones import BidirectionalBackbone, CausalBackbone, RCPSBackbone, _chunk_len
 from .errors import ConfigError, ShapeError
 from .rc import rc_features
 
-
-def _flatten(states):
-    """[(conv, ssm), ...] -> [conv, ssm, ...]; None stays None."""
-    return None if states is None else [t for pair in states for t in pair]
 
 
 def _pairs(flat):
     return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)] if flat else None
 
 
+def _runner(module: nn.Module, recompute: bool, preserve_rng_state: bool):
+    """fn(*args) run as one checkpoint region when recomputing (training with grad), else directly."""
+    active = recompute and module.training and torch.is_grad_enabled()
+
+    def run(fn, *args):
+        if active:
+            return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=preserve_rng_state)
+        return fn(*args)
+
+    return run, active
+
+
+def chunked_causal_forward(bb: CausalBackbone, hidden, chunk_len: int, checkpoint_layers: bool = False,
+                           recompute: bool = True, preserve_rng_state: bool = False):
+    """CausalBackbone (mixer 'mamba') over ``hidden`` (B, L, d_model), chunk-major; see the module docstring."""
+    if bb.mixer_type != "mamba":
+        raise ConfigError(f"chunked_causal_forward: mixer={bb.mixer_type!r} cannot carry state; expected 'mamba'")
+    layers = list(bb.layers)
+    ckpt, active = _runner(bb, recompute, preserve_rng_state)
+    nested = checkpoint_layers and active
+
+    def layer_step(layer, h, *flat):
+        h, (conv, ssm) = layer(h, initial_state=(flat[0], flat[1]) if flat else None, return_final_state=True)
+        return h, conv, ssm
+
+    def run_chunk(h, *flat):
+        states = _pairs(flat)
+        finals = []
+        for i, layer in enumerate(layers):
+            st = states[i] if states else ()
+            if nested:
+                h, conv, ssm = checkpoint(layer_step, layer, h, *st, use_reentrant=False,
+                                          preserve_rng_state=preserve_rng_state)
+            else:
+                h, conv, ssm = layer_step(layer, h, *st)
+            finals += [conv, ssm]
+        return (bb.norm_f(h), *finals)
+
+    outs, flat = [], ()
+    for piece in hidden.split(chunk_len, dim=1):
+        out, *flat = ckpt(run_chunk, piece, *flat)
+        outs.append(out)
+    return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+
+
+def chunked_bidirectional_forward(bb: BidirectionalBackbone, hidden, chunk_len: int, recompute: bool = True,
+                                  preserve_rng_state: bool = False):
+    """BidirectionalBackbone over ``hidden`` (B, L, d_model), layer-major; see the module docstring."""
+    ckpt, _ = _runner(bb, recompute, preserve_rng_state)
+    pieces = list(hidden.split(chunk_len, dim=1))
+    n = len(pieces)
+
+    def reverse_chunk(layer, h, *state):
+        r, (conv, ssm) = layer.mixer.direction(layer.norm(h), True, state or None, True)
+        return r, conv, ssm
+
+    def forward_chunk(layer, h, r, *state):
+        f, (conv, ssm) = layer.mixer.direction(layer.norm(h), False, state or None, True)
+        return h + layer.mixer.combine(f, r), conv, ssm
+
+    for layer in bb.layers:
+        revs, state = [None] * n, ()
+        for i in range(n - 1, -1, -1):  # the reverse direction carries its state right to left
+            revs[i], *state = ckpt(reverse_chunk, layer, pieces[i], *state)
+        state = ()
+        for i in range(n):
+            pieces[i], *state = ckpt(forward_chunk, layer, pieces[i], revs[i], *state)
+            revs[i] = None  # consumed: free it
+    outs = [bb.norm_f(p) for p in pieces]
+    return torch.cat(outs, dim=1) if n > 1 else outs[0]
+
+
 class ChunkedBackbone(nn.Module):
     """Run ``backbone`` over the length in chunks of ``chunk_len`` that carry their state; exact.
+
+    The same switch exists on the backbones themselves (``chunk_len=`` on CausalBackbone,
+    BidirectionalBackbone, RCPSBackbone), which is what configs use (``backbone_overrides: {chunk_len: ...}``);
+    this wrapper is for a backbone built elsewhere.
 
     Args:
         backbone: a CausalBackbone (mixer 'mamba'), BidirectionalBackbone or RCPSBackbone.
@@ -58,8 +130,7 @@ class ChunkedBackbone(nn.Module):
     def __init__(self, backbone: nn.Module, chunk_len: int | None = 65536, checkpoint_layers: bool | None = None,
                  checkpoint_chunks: bool = True, preserve_rng_state: bool = False):
         super().__init__()
-        if chunk_len is not None and (not isinstance(chunk_len, int) or chunk_len < 0):
-            raise ConfigError(f"ChunkedBackbone: chunk_len={chunk_len!r}; expected a positive int, or 0/None for no chunking")
+        self.chunk_len = _chunk_len(chunk_len, "ChunkedBackbone")
         if isinstance(backbone, CausalBackbone):
             if backbone.mixer_type != "mamba":
                 raise ConfigError(f"ChunkedBackbone: CausalBackbone with mixer={backbone.mixer_type!r} cannot carry "
@@ -74,7 +145,6 @@ class ChunkedBackbone(nn.Module):
                               "BidirectionalBackbone or RCPSBackbone")
         self.backbone = backbone
         self.d_model = backbone.d_model
-        self.chunk_len = chunk_len or None
         self.checkpoint_chunks = checkpoint_chunks
         self.preserve_rng_state = preserve_rng_state
         inner = backbone.rc.module if self.kind == "rcps" else backbone
@@ -86,85 +156,19 @@ class ChunkedBackbone(nn.Module):
         self.config = {"builder": "ChunkedBackbone", "backbone": getattr(backbone, "config", None),
                        "chunk_len": self.chunk_len, "checkpoint_layers": self.checkpoint_layers}
 
-    # ------------------------------------------------------------------ helpers
-    def _recompute(self) -> bool:
-        return self.checkpoint_chunks and self.training and torch.is_grad_enabled()
-
-    def _ckpt(self, fn, *args):
-        if self._recompute():
-            return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=self.preserve_rng_state)
-        return fn(*args)
-
     def forward(self, hidden):
         if hidden.dim() != 3 or hidden.shape[-1] != self.d_model:
             raise ShapeError(f"ChunkedBackbone: input has shape {tuple(hidden.shape)}, "
                              f"expected (batch, length, d_model={self.d_model})")
         if self.chunk_len is None:
             return self.backbone(hidden)
+        opts = dict(recompute=self.checkpoint_chunks, preserve_rng_state=self.preserve_rng_state)
         if self.kind == "causal":
-            return self._causal(self.backbone, hidden)
+            return chunked_causal_forward(self.backbone, hidden, self.chunk_len, self.checkpoint_layers, **opts)
         if self.kind == "bidirectional":
-            return self._bidirectional(self.backbone, hidden)
+            return chunked_bidirectional_forward(self.backbone, hidden, self.chunk_len, **opts)
         k = hidden.shape[-1] // 2  # RCPS: the same parameter sharing as RCEquivariant, chunked inside
         both = torch.cat([hidden[..., :k], rc_features(hidden[..., k:])], dim=0)
-        fwd, rev = self._bidirectional(self.backbone.rc.module, both).chunk(2, dim=0)
+        out = chunked_bidirectional_forward(self.backbone.rc.module, both, self.chunk_len, **opts)
+        fwd, rev = out.chunk(2, dim=0)
         return torch.cat([fwd, rc_features(rev)], dim=-1)
-
-    # ------------------------------------------------------------------ causal: chunk-major
-    def _causal(self, bb: CausalBackbone, hidden):
-        layers = list(bb.layers)
-        nested = self.checkpoint_layers and self._recompute()
-
-        def layer_step(layer, h, flat):
-            init = (flat[0], flat[1]) if flat else None
-            h, (conv, ssm) = layer(h, initial_state=init, return_final_state=True)
-            return h, conv, ssm
-
-        def run_chunk(h, *flat):
-            states = _pairs(flat)
-            finals = []
-            for i, layer in enumerate(layers):
-                st = states[i] if states else ()
-                if nested:
-                    h, conv, ssm = checkpoint(lambda x, *s, _l=layer: layer_step(_l, x, s), h, *st,
-                                              use_reentrant=False, preserve_rng_state=self.preserve_rng_state)
-                else:
-                    h, conv, ssm = layer_step(layer, h, st)
-                finals += [conv, ssm]
-            return (bb.norm_f(h), *finals)
-
-        outs, flat = [], ()
-        for piece in hidden.split(self.chunk_len, dim=1):
-            out, *flat = self._ckpt(run_chunk, piece, *flat)
-            outs.append(out)
-        return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
-
-    # ------------------------------------------------------------------ bidirectional: layer-major
-    def _bidirectional(self, bb: BidirectionalBackbone, hidden):
-        pieces = list(hidden.split(self.chunk_len, dim=1))
-        n = len(pieces)
-        for layer in bb.layers:
-            mixer, norm = layer.mixer, layer.norm
-
-            def reverse_chunk(h, *state, _m=mixer, _n=norm):
-                r, (conv, ssm) = _m.direction(_n(h), True, state or None, True)
-                return r, conv, ssm
-
-            def forward_chunk(h, r, *state, _m=mixer, _n=norm):
-                f, (conv, ssm) = _m.direction(_n(h), False, state or None, True)
-                return h + _m.combine(f, r), conv, ssm
-
-            revs, state = [None] * n, ()
-            for i in range(n - 1, -1, -1):  # the reverse direction carries its state right to left
-                revs[i], *state = self._ckpt(reverse_chunk, pieces[i], *state)
-            state = ()
-            for i in range(n):
-                pieces[i], *state = self._ckpt(forward_chunk, pieces[i], revs[i], *state)
-                revs[i] = None  # consumed: free it
-        outs = [bb.norm_f(p) for p in pieces]
-        return torch.cat(outs, dim=1) if n > 1 else outs[0]
-
-
-def chunked(backbone: nn.Module, chunk_len: int | None = 65536, checkpoint_layers: bool | None = None) -> ChunkedBackbone:
-    """Shorthand for ``ChunkedBackbone(backbone, chunk_len, checkpoint_layers)``."""
-    return ChunkedBackbone(backbone, chunk_len, checkpoint_layers)

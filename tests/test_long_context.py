@@ -1,0 +1,124 @@
+"""Chunked, state-carrying training is exact: values and gradients equal the unchunked run."""
+import pytest
+import torch
+import torch.nn as nn
+
+from mambaverse.backbones import BidirectionalBackbone, CausalBackbone, RCPSBackbone
+from mambaverse.errors import ConfigError, MambaverseError, ShapeError
+from mambaverse.long_context import ChunkedBackbone, chunked_causal_forward
+from mambaverse.mixers import BidirectionalMamba
+
+D, L, CHUNK = 8, 37, 10  # 4 chunks, the last one short
+
+
+def _grads(module, hidden, weight):
+    out = module(hidden)
+    params = [p for p in module.parameters() if p.requires_grad]
+    grads = torch.autograd.grad((out * weight).sum(), [hidden] + params)
+    return out.detach(), grads
+
+
+def _assert_same(ref, got, rtol=1e-4, atol=1e-5):
+    (out_r, g_r), (out_g, g_g) = ref, got
+    torch.testing.assert_close(out_g, out_r, rtol=rtol, atol=atol)
+    assert len(g_r) == len(g_g)
+    for a, b in zip(g_r, g_g):
+        torch.testing.assert_close(b, a, rtol=rtol, atol=atol)
+
+
+def _inputs(seed=0, batch=2, length=L, d=D):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(batch, length, d, generator=g).requires_grad_(True)
+    weight = torch.randn(batch, length, d, generator=g)
+    return hidden, weight
+
+
+@pytest.mark.parametrize("checkpoint_layers", [False, True])
+def test_causal_chunked_matches_unchunked(checkpoint_layers):
+    torch.manual_seed(0)
+    plain = CausalBackbone(D, n_layer=2, backend="torch").train()
+    chunked = CausalBackbone(D, n_layer=2, backend="torch", chunk_len=CHUNK, checkpoint_layers=checkpoint_layers)
+    chunked.load_state_dict(plain.state_dict())
+    chunked.train()
+    hidden, weight = _inputs()
+    _assert_same(_grads(plain, hidden, weight), _grads(chunked, hidden, weight))
+
+
+@pytest.mark.parametrize("variant,strategy,tie", [("caduceus", "add", True), ("caduceus", "ew_multiply", False),
+                                                  ("vim_v2", "add", True)])
+def test_bidirectional_chunked_matches_unchunked(variant, strategy, tie):
+    torch.manual_seed(1)
+    bb = BidirectionalBackbone(D, n_layer=2, variant=variant, strategy=strategy, tie_projections=tie,
+                               backend="torch").train()
+    hidden, weight = _inputs(1)
+    ref = _grads(bb, hidden, weight)
+    _assert_same(ref, _grads(ChunkedBackbone(bb, CHUNK).train(), hidden, weight))
+
+
+def test_rcps_chunk_len_flag_matches_unchunked():
+    torch.manual_seed(2)
+    plain = RCPSBackbone(D, n_layer=2, backend="torch").train()
+    chunked = RCPSBackbone(D, n_layer=2, backend="torch", chunk_len=CHUNK).train()
+    chunked.load_state_dict(plain.state_dict())
+    hidden, weight = _inputs(2)
+    _assert_same(_grads(plain, hidden, weight), _grads(chunked, hidden, weight))
+
+
+def test_bidirectional_mixer_state_carrying_splits_exactly():
+    """Two calls that pass states (forward state left to right, reverse state right to left) equal one call."""
+    torch.manual_seed(3)
+    m = BidirectionalMamba(D, tie_projections=False, bias=True, backend="torch")
+    h = torch.randn(2, 21, D)
+    a, b = h[:, :9], h[:, 9:]
+    f_a, st_f = m.direction(a, False, None, True)
+    f_b = m.direction(b, False, st_f)
+    r_b, st_r = m.direction(b, True, None, True)
+    r_a = m.direction(a, True, st_r)
+    got = torch.cat([m.combine(f_a, r_a), m.combine(f_b, r_b)], dim=1)
+    torch.testing.assert_close(got, m(h), rtol=1e-4, atol=1e-5)
+    out, (fin_f, fin_r) = m(h, return_final_state=True)
+    torch.testing.assert_close(out, m(h), rtol=1e-4, atol=1e-5)
+    assert fin_f[1].shape == (2, m.d_inner, 16) and fin_r[0].shape == (2, m.d_inner, 3)
+
+
+def test_chunking_bounds_saved_activations():
+    """What forward keeps for backward grows with the length unchunked, and is far smaller chunked."""
+    torch.manual_seed(4)
+    bb = CausalBackbone(16, n_layer=2, backend="torch").train()
+    hidden = torch.randn(1, 256, 16, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    def kept(fn):
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn()
+        return sum(saved)
+
+    full = kept(lambda: bb(hidden))
+    chunked = kept(lambda: chunked_causal_forward(bb, hidden, 32))
+    # chunked keeps only each chunk's input and boundary states, about (B, L, d_model) in all
+    assert chunked < full / 4, (chunked, full)
+
+
+def test_eval_and_no_grad_chunked_match():
+    torch.manual_seed(5)
+    bb = BidirectionalBackbone(D, n_layer=1, backend="torch").eval()
+    hidden, _ = _inputs(5)
+    with torch.no_grad():
+        torch.testing.assert_close(ChunkedBackbone(bb, CHUNK)(hidden), bb(hidden), rtol=1e-4, atol=1e-5)
+
+
+def test_bad_inputs_raise_mambaverse_errors():
+    with pytest.raises(ConfigError):
+        CausalBackbone(D, n_layer=1, chunk_len=-3)
+    with pytest.raises(ConfigError):
+        CausalBackbone(D, n_layer=1, mixer="mamba2", headdim=4, chunk_len=8)
+    with pytest.raises(ConfigError):
+        ChunkedBackbone(nn.Linear(D, D), 8)
+    with pytest.raises(ShapeError):
+        ChunkedBackbone(CausalBackbone(D, n_layer=1), 8)(torch.randn(1, 5, D + 1))
+    assert issubclass(ConfigError, MambaverseError)
