@@ -1,0 +1,96 @@
+"""Context parallel over 2 gloo processes equals the single-process run: outputs and gradients."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from mambaverse.backbones import BidirectionalBackbone, CausalBackbone, RCPSBackbone
+from mambaverse.context_parallel import (context_parallel_forward, enable_context_parallel, gather_stack,
+                                         shard_sequence)
+from mambaverse.errors import ConfigError, ShapeError
+
+WORLD, D, L = 2, 8, 42
+
+CASES = [
+    ("causal", dict(), None),
+    ("causal", dict(), 8),  # chunked inside each rank's slice of 21: chunks 8, 8, 5
+    ("bidirectional", dict(variant="caduceus", strategy="add", tie_projections=True), None),
+    ("bidirectional", dict(variant="caduceus", strategy="ew_multiply", tie_projections=False), 8),
+]
+
+
+def _build(kind, kwargs):
+    cls = CausalBackbone if kind == "causal" else BidirectionalBackbone
+    return cls(D, n_layer=2, backend="torch", **kwargs).train()
+
+
+def _check_case(rank, kind, kwargs, chunk_len, seed):
+    torch.manual_seed(seed)
+    model = _build(kind, kwargs)
+    g = torch.Generator().manual_seed(seed + 100)
+    hidden = torch.randn(2, L, D, generator=g)
+    weight = torch.randn(2, L, D, generator=g)
+    params = list(model.parameters())
+    # single-process reference on the whole sequence
+    full = hidden.clone().requires_grad_(True)
+    ref = model(full)
+    ref_grads = torch.autograd.grad((ref * weight).sum(), [full] + params)
+    # context parallel on this rank's slice
+    local = shard_sequence(hidden, None).clone().requires_grad_(True)
+    out = context_parallel_forward(model, local, None, chunk_len)
+    grads = torch.autograd.grad((out * shard_sequence(weight, None)).sum(), [local] + params)
+    torch.testing.assert_close(out, shard_sequence(ref, None).detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[0], shard_sequence(ref_grads[0], None), rtol=1e-4, atol=1e-5)
+    for p_ref, p_loc in zip(ref_grads[1:], grads[1:]):
+        total = p_loc.clone()
+        dist.all_reduce(total)  # each rank holds its slice's share of every parameter gradient
+        torch.testing.assert_close(total, p_ref, rtol=1e-4, atol=1e-5)
+
+
+def _worker(rank, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        for i, (kind, kwargs, chunk_len) in enumerate(CASES):
+            _check_case(rank, kind, kwargs, chunk_len, seed=i)
+        # the in-place switch used by the Lightning strategy: same parameters, CP forward, no grad
+        torch.manual_seed(7)
+        model = _build("causal", {}).eval()
+        hidden = torch.randn(1, L, D)
+        with torch.no_grad():
+            ref = model(hidden)
+            assert enable_context_parallel(model) == [""]
+            torch.testing.assert_close(model(shard_sequence(hidden)), shard_sequence(ref), rtol=1e-4, atol=1e-5)
+        # gather_stack: forward gathers, backward sends each rank its own gradient (summed over ranks)
+        x = torch.full((3,), float(rank + 1), requires_grad=True)
+        stacked = gather_stack(x)
+        assert stacked[:, 0].tolist() == [1.0, 2.0]
+        (stacked * torch.arange(1.0, WORLD + 1)[:, None]).sum().backward()
+        assert x.grad.tolist() == [WORLD * (rank + 1.0)] * 3
+        with pytest.raises(ShapeError):
+            shard_sequence(torch.zeros(1, 5, D))
+        with pytest.raises(ConfigError):
+            context_parallel_forward(RCPSBackbone(D, n_layer=1), torch.zeros(1, 4, D))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_context_parallel_matches_single_process():
+    mp.spawn(_worker, args=(_free_port(),), nprocs=WORLD, join=True)
+
+
+def test_not_initialized_raises():
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialized")
+    with pytest.raises(ConfigError):
+        context_parallel_forward(CausalBackbone(D, n_layer=1), torch.zeros(1, 4, D))
