@@ -317,7 +317,10 @@ def set_config(fwd=None, bwd=None):
     return old
 
 
-def _launch_config(d, l, gB, gC):
+_MIN_PROGRAMS = 264  # two per SM on an H100
+
+
+def _launch_config(d, l, gB, gC, programs=None):
     """Block sizes clamped to the problem: a channel block never straddles two B/C groups."""
     limit = 1 << 30
     for g in (gB, gC):
@@ -327,6 +330,11 @@ def _launch_config(d, l, gB, gC):
     bdf, blf, wf = _CONFIG["fwd"]
     bdb, blb, wb = _CONFIG["bwd"]
     bdf, bdb = min(bdf, limit), min(bdb, limit)
+    if programs is not None:  # too few (batch, channel-block) programs to fill the GPU: narrower blocks
+        while bdf > 2 and programs * triton.cdiv(d, bdf) < _MIN_PROGRAMS:
+            bdf //= 2
+        while bdb > 2 and programs * triton.cdiv(d, bdb) < _MIN_PROGRAMS:
+            bdb //= 2
     blb = min(blb, lp2)
     blf = min(blf, blb)  # the forward chunk must divide the checkpoint interval
     return (bdf, blf, wf), (bdb, blb, wb)
@@ -369,7 +377,7 @@ class _ScanFn(torch.autograd.Function):
             b = delta.shape[-3]
         n = A.shape[-1]
         gB, gC = B.shape[-3], C.shape[-3]
-        (bdf, blf, wf), (bdb, blb, wb) = _launch_config(d, l, gB, gC)
+        (bdf, blf, wf), (bdb, blb, wb) = _launch_config(d, l, gB, gC, b * R if u.is_cuda else None)
         BLOCK_N = max(2, _next_pow2(n))
         dev = u.device
         out = torch.empty(R, b, d, l, device=dev, dtype=u.dtype)
