@@ -2,14 +2,18 @@
 import os
 import socket
 
+import copy
+
+import lightning.pytorch as pl
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn as nn
 
 from mambaverse.backbones import BidirectionalBackbone, CausalBackbone, RCPSBackbone
-from mambaverse.context_parallel import (context_parallel_forward, enable_context_parallel, gather_stack,
-                                         shard_sequence)
+from mambaverse.context_parallel import (ContextParallelStrategy, context_parallel_forward,
+                                         enable_context_parallel, gather_stack, shard_sequence)
 from mambaverse.errors import ConfigError, ShapeError
 
 WORLD, D, L = 2, 8, 42
@@ -50,6 +54,39 @@ def _check_case(rank, kind, kwargs, chunk_len, seed):
         torch.testing.assert_close(total, p_ref, rtol=1e-4, atol=1e-5)
 
 
+class _TinyRegressor(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.backbone = CausalBackbone(D, n_layer=2, backend="torch")
+        self.head = nn.Linear(D, 1)
+
+    def loss(self, batch):
+        return ((self.head(self.backbone(batch["x"])).squeeze(-1) - batch["y"]) ** 2).mean()
+
+    def training_step(self, batch, batch_idx):
+        return self.loss(batch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+
+def _lightning_step(rank):
+    """One SGD step through Trainer + ContextParallelStrategy equals one full-sequence step on one process."""
+    os.environ.update(LOCAL_RANK=str(rank), NODE_RANK="0", WORLD_SIZE=str(WORLD), RANK=str(rank))
+    torch.manual_seed(11)
+    module = _TinyRegressor()
+    item = {"x": torch.randn(L, D), "y": torch.randn(L)}
+    ref = copy.deepcopy(module)
+    ref.loss({k: v[None] for k, v in item.items()}).backward()
+    expected = [p.detach() - 0.5 * p.grad for p in ref.parameters()]
+    trainer = pl.Trainer(accelerator="cpu", devices=WORLD, max_steps=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         strategy=ContextParallelStrategy(shard_keys=["x", "y"], process_group_backend="gloo"))
+    trainer.fit(module, torch.utils.data.DataLoader([item], batch_size=1))
+    for p, want in zip(module.parameters(), expected):
+        torch.testing.assert_close(p.detach(), want, rtol=1e-4, atol=1e-5)
+
+
 def _worker(rank, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -75,6 +112,7 @@ def _worker(rank, port):
             shard_sequence(torch.zeros(1, 5, D))
         with pytest.raises(ConfigError):
             context_parallel_forward(RCPSBackbone(D, n_layer=1), torch.zeros(1, 4, D))
+        _lightning_step(rank)
     finally:
         dist.destroy_process_group()
 
