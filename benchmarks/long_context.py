@@ -89,10 +89,10 @@ def measure(model, L, device, iters):
         torch.cuda.empty_cache()
 
 
-def parity(device, L, chunk):
+def parity(device, L, chunk, backend="auto"):
     torch.manual_seed(0)
-    a = CausalBackbone(D_MODEL, N_LAYER).to(device).train()
-    b = CausalBackbone(D_MODEL, N_LAYER, chunk_len=chunk).to(device).train()
+    a = CausalBackbone(D_MODEL, N_LAYER, backend=backend).to(device).train()
+    b = CausalBackbone(D_MODEL, N_LAYER, chunk_len=chunk, backend=backend).to(device).train()
     b.load_state_dict(a.state_dict())
     h = torch.randn(1, L, D_MODEL, device=device)
     w = torch.randn_like(h)
@@ -107,7 +107,7 @@ def parity(device, L, chunk):
     return err, gerr
 
 
-def versions():
+def versions(backend="auto"):
     v = {"torch": torch.__version__, "python": platform.python_version()}
     try:
         import triton
@@ -120,7 +120,7 @@ def versions():
     except ImportError:
         v["mamba-ssm"] = "-"
     from mambaverse.ops.scan import resolve_backend
-    v["scan backend"] = resolve_backend("auto", torch.device("cuda"))
+    v["scan backend (ours)"] = resolve_backend(backend, torch.device("cuda"))
     return v
 
 
@@ -128,11 +128,12 @@ def single_gpu(args):
     device = torch.device("cuda")
     t0 = time.time()
     lines = []
-    err, gerr = parity(device, args.parity_len, args.parity_len // 4)
+    err, gerr = parity(device, args.parity_len, args.parity_len // 4, args.backend)
     print(f"parity chunked vs unchunked at L={args.parity_len}: out rel err {err:.2e}, grad rel err {gerr:.2e}", flush=True)
     rows = []  # (name, L, peak, s, tokens/s)
     torch.manual_seed(0)
-    ours = {c: CausalBackbone(D_MODEL, N_LAYER, chunk_len=c, checkpoint_layers=args.checkpoint_layers).to(device).train()
+    ours = {c: CausalBackbone(D_MODEL, N_LAYER, chunk_len=c, checkpoint_layers=args.checkpoint_layers,
+                              backend=args.backend).to(device).train()
             for c in args.chunks}
     # chunk sweep at 2^20 picks the chunk length for the long sweep
     best = None
@@ -178,7 +179,7 @@ def single_gpu(args):
     mem = torch.cuda.get_device_properties(0).total_memory / GiB
     lines += [f"# Long-context training, one GPU ({gpu})", "",
               f"Date: {datetime.date.today()}. Device: {gpu}, {mem:.0f} GiB. "
-              + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".", "",
+              + ", ".join(f"{k} {v}" for k, v in versions(args.backend).items()) + ".", "",
               f"4 layers, d_model=256 (d_inner 512, d_state 16), batch 1, forward+backward of out.sum(), fp32 "
               f"parameters under bf16 autocast; ours: CausalBackbone(chunk_len=C, checkpoint_layers="
               f"{args.checkpoint_layers}); anchor: mamba-ssm Mamba(use_fast_path=False) x 4, same residual stack, "
@@ -221,7 +222,7 @@ def context_parallel(args):
     device = torch.device("cuda", rank)
     torch.manual_seed(0)
     chunk = max(args.chunks)
-    model = CausalBackbone(D_MODEL, N_LAYER, chunk_len=chunk).to(device).train()
+    model = CausalBackbone(D_MODEL, N_LAYER, chunk_len=chunk, backend=args.backend).to(device).train()
     t0 = time.time()
 
     def cp_step(L):
@@ -274,7 +275,7 @@ def context_parallel(args):
     if rank == 0:
         gpu = torch.cuda.get_device_name()
         lines = [f"# Context parallel, {world} x {gpu}", "",
-                 f"Date: {datetime.date.today()}. " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".", "",
+                 f"Date: {datetime.date.today()}. " + ", ".join(f"{k} {v}" for k, v in versions(args.backend).items()) + ".", "",
                  f"Same model and precision as the single-GPU table; chunk_len={chunk} inside each rank's slice; "
                  f"one sequence of length L split over {world} ranks (NCCL); 1-GPU column: the same L on one rank.",
                  "", "| L | 1 GPU s / step | 1 GPU tokens/s | 1 GPU peak GiB | CP s / step | CP tokens/s | CP peak GiB/rank | speed-up |",
@@ -306,6 +307,7 @@ def main(argv=None):
     p.add_argument("--single-max", type=int, default=1 << 23, help="CP mode: largest L also run on one GPU")
     p.add_argument("--cp-max", type=int, default=1 << 25, help="CP mode: largest L tried (an OOM on one rank "
                    "would leave the other waiting in a collective, so stay below it)")
+    p.add_argument("--backend", default="auto", help="selective_scan backend of ours (auto: Triton on CUDA)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
