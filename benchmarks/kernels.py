@@ -268,8 +268,7 @@ def floor_bytes(b, d, l, n=16, el=2):
     return fwd, fwd + bwd
 
 
-def sweep(ts, fwd_cfgs, bwd_cfgs, seed):
-    kscan._MIN_PROGRAMS = 0
+def sweep(ts, fwd_cfgs, bwd_cfgs, seed, targets=(528,)):
     best_f = None
     res_f = {}
     with torch.no_grad():
@@ -293,11 +292,20 @@ def sweep(ts, fwd_cfgs, bwd_cfgs, seed):
     best_b = min(res_b, key=res_b.get)
     print("fwd sweep", {k: round(v, 3) for k, v in res_f.items()})
     print("fwd+bwd sweep", {k: round(v, 3) for k, v in res_b.items()})
+    best_t = targets[0]
+    if len(targets) > 1:  # sequence-parallel split: how many programs to aim for
+        res_t = {}
+        for tgt in targets:
+            set_config(fwd=(best_f[0], min(best_f[1], best_b[1]), best_f[2]), bwd=best_b, seq_target=tgt)
+            res_t[tgt] = bench(lambda: ours(ts).backward(seed), grad_to_none=ts, rep=60)
+        best_t = min(res_t, key=res_t.get)
+        print("seq_target sweep (fwd+bwd)", {k: round(v, 3) for k, v in res_t.items()})
+    set_config(seq_target=best_t)
     return best_f, best_b
 
 
-FWD_CFGS = [(4, 64, 4), (8, 64, 4), (8, 128, 8), (16, 64, 8), (2, 128, 4), (4, 32, 2)]
-BWD_CFGS = [(4, 64, 4), (8, 64, 8), (4, 32, 4), (2, 64, 2), (4, 128, 8)]
+FWD_CFGS = [(2, 32, 1), (4, 32, 2), (8, 32, 4), (8, 16, 4), (8, 64, 4), (16, 32, 8), (4, 64, 4)]
+BWD_CFGS = [(2, 32, 1), (4, 32, 2), (8, 32, 4), (8, 16, 4), (4, 16, 2), (8, 64, 8)]
 if DRY:
     FWD_CFGS, BWD_CFGS = FWD_CFGS[:2], BWD_CFGS[:2]
 
@@ -306,7 +314,8 @@ def time_shape(shape, bw):
     b, d, l = shape
     ts = make(b, d, l)
     seed = torch.randn(b, d, l, device=DEV, dtype=torch.bfloat16)
-    best_f, best_b = sweep(ts, FWD_CFGS, BWD_CFGS, seed)
+    targets = (528, 1056, 2112, 4224) if b * d <= 1024 else (528,)
+    best_f, best_b = sweep(ts, FWD_CFGS, BWD_CFGS, seed, targets)
     set_config(fwd=best_f, bwd=best_b)
     with torch.no_grad():
         t_of = bench(lambda: ours(ts))
@@ -315,7 +324,7 @@ def time_shape(shape, bw):
     t_afb = bench(lambda: anchor(ts).backward(seed), grad_to_none=ts) if selective_scan_fn else float("nan")
     fb, fbb = floor_bytes(b, d, l)
     fl_f, fl_fb = fb / bw * 1e3, fbb / bw * 1e3
-    log(f"| B={b} D={d} L={l} | fwd | {t_of:.3f} | {t_af:.3f} | {t_of / t_af:.2f} | {fl_f:.3f} | {t_of / fl_f:.1f}x | {best_f} |")
+    log(f"| B={b} D={d} L={l} | fwd | {t_of:.3f} | {t_af:.3f} | {t_of / t_af:.2f} | {fl_f:.3f} | {t_of / fl_f:.1f}x | {best_f} seq_target={kscan._CONFIG['seq_target']} |")
     log(f"| B={b} D={d} L={l} | fwd+bwd | {t_ofb:.3f} | {t_afb:.3f} | {t_ofb / t_afb:.2f} | {fl_fb:.3f} | {t_ofb / fl_fb:.1f}x | {best_b} |")
     del ts
     torch.cuda.empty_cache()
@@ -325,7 +334,7 @@ def time_shape(shape, bw):
 def time_bidir(bw, cfg):
     b, d, l = BIDIR_T
     set_config(fwd=cfg[0], bwd=cfg[1])
-    kscan._MIN_PROGRAMS = 264
+    set_config(seq_target=528)
     ts = make(b, d, l)
     u, delta, A, B, C, D, z, db = ts
     seed = torch.randn(b, d, l, device=DEV, dtype=torch.bfloat16)

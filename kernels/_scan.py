@@ -66,15 +66,23 @@ def _positions(s, r, l, H, W, MODE: tl.constexpr, REV: tl.constexpr):
     return pp, dp
 
 
+# ----------------------------------------------------------------------------- tile layout
+# Every (step, channel, state) tile is laid out (BLOCK_L, BLOCK_D, BLOCK_N): Triton's default layout fills
+# the lanes from the last axis, so the channel x state pairs sit on lanes/warps and the BLOCK_L steps of a
+# chunk sit in each thread's registers.  The scan over the chunk is then a sequential in-register
+# recurrence (2 flops/element) instead of a cross-lane shuffle tree (the first version put L last and
+# spent ~5 shuffle rounds per element; see kernels/NOTES.md).
+
+
 # ----------------------------------------------------------------------------- forward
 @triton.jit
 def _scan_fwd_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, h0_ptr,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, h0_ptr, E_ptr, sdt_ptr,
     out_ptr, hT_ptr, ck_ptr,
     su_r, su_b, su_d, sdt_r, sdt_b, sdt_d, sA_r, sA_d,
     sB_r, sB_b, sB_g, sB_n, sC_r, sC_b, sC_g, sC_n,
     sD_r, sdb_r, sz_r, sz_b, sz_d,
-    nb, d, l, n, eB, eC, nck, H, W,
+    nb, d, l, n, eB, eC, nck, H, W, nseg, seg_chunks,
     MODE: tl.constexpr, REV: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DB: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_CK: tl.constexpr, CK_EVERY: tl.constexpr,
@@ -82,7 +90,9 @@ def _scan_fwd_kernel(
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
-    r = tl.program_id(2)
+    pid_2 = tl.program_id(2)
+    r = pid_2 // nseg
+    sg = pid_2 % nseg
     pb = pid_b.to(tl.int64)
     rr = r.to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -104,64 +114,190 @@ def _scan_fwd_kernel(
         h = tl.load(h0_ptr + state_off, mask=mdn, other=0.0).to(tl.float32)
     else:
         h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    # sequence parallelism: the state entering segment sg from the (end state, sum dt) of earlier segments
+    for sp in range(0, sg):
+        so = (((rr * nseg + sp) * nb + pb) * d + rows) 
+        e = tl.load(E_ptr + so[:, None] * n + offs_n[None, :], mask=mdn, other=0.0)
+        t = tl.load(sdt_ptr + so, mask=md, other=0.0)
+        h = tl.exp2(A2 * t[:, None]) * h + e
 
-    u_base = u_ptr + rr * su_r + pb * su_b + rows[:, None] * su_d
-    dt_base = dt_ptr + rr * sdt_r + pb * sdt_b + rows[:, None] * sdt_d
-    z_base = z_ptr + rr * sz_r + pb * sz_b + rows[:, None] * sz_d
-    out_base = out_ptr + ((rr * nb + pb) * d + rows[:, None]) * l
+    u_base = u_ptr + rr * su_r + pb * su_b + rows[None, :] * su_d
+    dt_base = dt_ptr + rr * sdt_r + pb * sdt_b + rows[None, :] * sdt_d
+    z_base = z_ptr + rr * sz_r + pb * sz_b + rows[None, :] * sz_d
+    out_base = out_ptr + ((rr * nb + pb) * d + rows[None, :]) * l
     gB = (pid_d * BLOCK_D) // eB
     gC = (pid_d * BLOCK_D) // eC
-    B_base = B_ptr + rr * sB_r + pb * sB_b + gB * sB_g + offs_n[:, None] * sB_n
-    C_base = C_ptr + rr * sC_r + pb * sC_b + gC * sC_g + offs_n[:, None] * sC_n
+    B_base = B_ptr + rr * sB_r + pb * sB_b + gB * sB_g + offs_n[None, :] * sB_n
+    C_base = C_ptr + rr * sC_r + pb * sC_b + gC * sC_g + offs_n[None, :] * sC_n
     ck_base = ck_ptr + ((rr * nb + pb) * nck * d + rows[:, None]) * n + offs_n[None, :]
 
     nchunks = tl.cdiv(l, BLOCK_L)
-    for c in range(0, nchunks):
+    c0 = sg * seg_chunks
+    c1 = tl.minimum(nchunks, c0 + seg_chunks)
+    for c in range(c0, c1):
         if STORE_CK:
             if c % CK_EVERY == 0:
                 tl.store(ck_base + (c // CK_EVERY) * d * n, h, mask=mdn)
         s = c * BLOCK_L + offs_l
         ml = s < l
         pp, dp = _positions(s, r, l, H, W, MODE, REV)
-        mdl = md[:, None] & ml[None, :]
-        mnl = mn[:, None] & ml[None, :]
-        dt = tl.load(dt_base + pp[None, :], mask=mdl, other=0.0).to(tl.float32)
+        mld = ml[:, None] & md[None, :]
+        mln = ml[:, None] & mn[None, :]
+        dt = tl.load(dt_base + pp[:, None], mask=mld, other=0.0).to(tl.float32)
         if HAS_DB:
-            dt = dt + dbv[:, None]
+            dt = dt + dbv[None, :]
         if SOFTPLUS:
             dt = _softplus(dt)
-        dt = tl.where(mdl, dt, 0.0)
-        u = tl.load(u_base + dp[None, :], mask=mdl, other=0.0).to(tl.float32)
-        Bt = tl.load(B_base + pp[None, :], mask=mnl, other=0.0).to(tl.float32)
-        Ct = tl.load(C_base + pp[None, :], mask=mnl, other=0.0).to(tl.float32)
-        dA = tl.exp2(dt[:, None, :] * A2[:, :, None])
-        dBu = (dt * u)[:, None, :] * Bt[None, :, :]
-        aC, bC = tl.associative_scan((dA, dBu), 2, _combine)
-        Hs = aC * h[:, :, None] + bC
-        y = tl.sum(Hs * Ct[None, :, :], 1)
-        # masked steps leave the state unchanged (a=1, b=0), so the last column is the chunk's end state
-        h = tl.sum(tl.where(offs_l[None, None, :] == BLOCK_L - 1, Hs, 0.0), 2)
+        dt = tl.where(mld, dt, 0.0)
+        u = tl.load(u_base + dp[:, None], mask=mld, other=0.0).to(tl.float32)
+        Bt = tl.load(B_base + pp[:, None], mask=mln, other=0.0).to(tl.float32)
+        Ct = tl.load(C_base + pp[:, None], mask=mln, other=0.0).to(tl.float32)
+        dA = tl.exp2(dt[:, :, None] * A2[None, :, :])
+        dBu = (dt * u)[:, :, None] * Bt[:, None, :]
+        aC, bC = tl.associative_scan((dA, dBu), 0, _combine)
+        Hs = aC * h[None, :, :] + bC
+        y = tl.sum(Hs * Ct[:, None, :], 2)
+        # masked steps leave the state unchanged (a=1, b=0), so the last row is the chunk's end state
+        h = tl.sum(tl.where(offs_l[:, None, None] == BLOCK_L - 1, Hs, 0.0), 0)
         if HAS_D:
-            y = y + Dv[:, None] * u
+            y = y + Dv[None, :] * u
         if HAS_Z:
-            zz = tl.load(z_base + dp[None, :], mask=mdl, other=0.0).to(tl.float32)
+            zz = tl.load(z_base + dp[:, None], mask=mld, other=0.0).to(tl.float32)
             y = y * zz * tl.sigmoid(zz)
-        tl.store(out_base + dp[None, :], y.to(out_ptr.dtype.element_ty), mask=mdl)
+        tl.store(out_base + dp[:, None], y.to(out_ptr.dtype.element_ty), mask=mld)
     if STORE_HT:
-        tl.store(hT_ptr + state_off, h, mask=mdn)
+        if sg == nseg - 1:
+            tl.store(hT_ptr + state_off, h, mask=mdn)
+
+
+@triton.jit
+def _seg_fwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, db_ptr, E_ptr, sdt_ptr,
+    su_r, su_b, su_d, sdt_r, sdt_b, sdt_d, sA_r, sA_d, sB_r, sB_b, sB_g, sB_n, sdb_r,
+    nb, d, l, n, eB, H, W, nseg, seg_chunks,
+    MODE: tl.constexpr, REV: tl.constexpr, HAS_DB: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """Per segment (all but the last): the end state from a zero start, and the sum of dt, without a scan:
+    E = sum_t exp(A (T - cum_t)) dBu_t, chunk by chunk."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    pid_2 = tl.program_id(2)
+    r = pid_2 // (nseg - 1)
+    sg = pid_2 % (nseg - 1)
+    pb = pid_b.to(tl.int64)
+    rr = r.to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    md = offs_d < d
+    rows = offs_d.to(tl.int64)
+    offs_n = tl.arange(0, BLOCK_N)
+    mn = offs_n < n
+    offs_l = tl.arange(0, BLOCK_L)
+    mdn = md[:, None] & mn[None, :]
+    A2 = tl.load(A_ptr + rr * sA_r + rows[:, None] * sA_d + offs_n[None, :], mask=mdn, other=0.0).to(tl.float32) * 1.4426950408889634
+    if HAS_DB:
+        dbv = tl.load(db_ptr + rr * sdb_r + offs_d, mask=md, other=0.0).to(tl.float32)
+    u_base = u_ptr + rr * su_r + pb * su_b + rows[None, :] * su_d
+    dt_base = dt_ptr + rr * sdt_r + pb * sdt_b + rows[None, :] * sdt_d
+    gB = (pid_d * BLOCK_D) // eB
+    B_base = B_ptr + rr * sB_r + pb * sB_b + gB * sB_g + offs_n[None, :] * sB_n
+    E = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    tot = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    c0 = sg * seg_chunks
+    for c in range(c0, c0 + seg_chunks):
+        s = c * BLOCK_L + offs_l
+        ml = s < l
+        pp, dp = _positions(s, r, l, H, W, MODE, REV)
+        mld = ml[:, None] & md[None, :]
+        dt = tl.load(dt_base + pp[:, None], mask=mld, other=0.0).to(tl.float32)
+        if HAS_DB:
+            dt = dt + dbv[None, :]
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dt = tl.where(mld, dt, 0.0)
+        u = tl.load(u_base + dp[:, None], mask=mld, other=0.0).to(tl.float32)
+        Bt = tl.load(B_base + pp[:, None], mask=ml[:, None] & mn[None, :], other=0.0).to(tl.float32)
+        cum = tl.cumsum(dt, 0)
+        ct = tl.sum(dt, 0)
+        w = tl.exp2(A2[None, :, :] * (ct[None, :] - cum)[:, :, None])
+        E = E * tl.exp2(A2 * ct[:, None]) + tl.sum(w * ((dt * u)[:, :, None] * Bt[:, None, :]), 0)
+        tot += ct
+    so = ((rr * nseg + sg) * nb + pb) * d + rows
+    tl.store(E_ptr + so[:, None] * n + offs_n[None, :], E, mask=mdn)
+    tl.store(sdt_ptr + so, tot, mask=md)
 
 
 # ----------------------------------------------------------------------------- backward
 @triton.jit
+def _seg_bwd_kernel(
+    dt_ptr, A_ptr, C_ptr, z_ptr, db_ptr, dout_ptr, Q_ptr, sdt_ptr,
+    sdt_r, sdt_b, sdt_d, sA_r, sA_d, sC_r, sC_b, sC_g, sC_n, sz_r, sz_b, sz_d, sdb_r,
+    nb, d, l, n, eC, H, W, nseg, seg_chunks,
+    MODE: tl.constexpr, REV: tl.constexpr, HAS_Z: tl.constexpr, HAS_DB: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """Per segment (all but the first): the adjoint leaving its start with nothing coming in from later,
+    Q = sum_t exp(A cum_t) dy_t C_t (cum_t inclusive from the segment start), and the sum of dt."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    pid_2 = tl.program_id(2)
+    r = pid_2 // (nseg - 1)
+    sg = pid_2 % (nseg - 1) + 1
+    pb = pid_b.to(tl.int64)
+    rr = r.to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    md = offs_d < d
+    rows = offs_d.to(tl.int64)
+    offs_n = tl.arange(0, BLOCK_N)
+    mn = offs_n < n
+    offs_l = tl.arange(0, BLOCK_L)
+    mdn = md[:, None] & mn[None, :]
+    A2 = tl.load(A_ptr + rr * sA_r + rows[:, None] * sA_d + offs_n[None, :], mask=mdn, other=0.0).to(tl.float32) * 1.4426950408889634
+    if HAS_DB:
+        dbv = tl.load(db_ptr + rr * sdb_r + offs_d, mask=md, other=0.0).to(tl.float32)
+    dt_base = dt_ptr + rr * sdt_r + pb * sdt_b + rows[None, :] * sdt_d
+    z_base = z_ptr + rr * sz_r + pb * sz_b + rows[None, :] * sz_d
+    do_base = dout_ptr + ((rr * nb + pb) * d + rows[None, :]) * l
+    gC = (pid_d * BLOCK_D) // eC
+    C_base = C_ptr + rr * sC_r + pb * sC_b + gC * sC_g + offs_n[None, :] * sC_n
+    Q = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    tot = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    c0 = sg * seg_chunks
+    for c in range(c0, c0 + seg_chunks):
+        s = c * BLOCK_L + offs_l
+        ml = s < l
+        pp, dp = _positions(s, r, l, H, W, MODE, REV)
+        mld = ml[:, None] & md[None, :]
+        dt = tl.load(dt_base + pp[:, None], mask=mld, other=0.0).to(tl.float32)
+        if HAS_DB:
+            dt = dt + dbv[None, :]
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dt = tl.where(mld, dt, 0.0)
+        dy = tl.load(do_base + dp[:, None], mask=mld, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_base + dp[:, None], mask=mld, other=0.0).to(tl.float32)
+            dy = dy * zz * tl.sigmoid(zz)
+        Ct = tl.load(C_base + pp[:, None], mask=ml[:, None] & mn[None, :], other=0.0).to(tl.float32)
+        cum = tl.cumsum(dt, 0) + tot[None, :]
+        w = tl.exp2(A2[None, :, :] * cum[:, :, None])
+        Q += tl.sum(w * (dy[:, :, None] * Ct[:, None, :]), 0)
+        tot += tl.sum(dt, 0)
+    so = ((rr * nseg + sg) * nb + pb) * d + rows
+    tl.store(Q_ptr + so[:, None] * n + offs_n[None, :], Q, mask=mdn)
+    tl.store(sdt_ptr + so, tot, mask=md)
+
+
+@triton.jit
 def _scan_bwd_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, ck_ptr, dout_ptr, dhT_ptr,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, ck_ptr, dout_ptr, dhT_ptr, Q_ptr, sdtq_ptr,
     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, ddb_ptr, dh0_ptr,
     su_r, su_b, su_d, sdt_r, sdt_b, sdt_d, sA_r, sA_d,
     sB_r, sB_b, sB_g, sB_n, sC_r, sC_b, sC_g, sC_n,
     sD_r, sdb_r, sz_r, sz_b, sz_d,
     sdu_r, sdu_b, sdu_d, sddt_r, sddt_b, sddt_d, sdz_r, sdz_b, sdz_d,
     sdB_r, sdB_b, sdB_g, sdB_n, sdC_r, sdC_b, sdC_g, sdC_n,
-    nb, d, l, n, eB, eC, nck, H, W,
+    nb, d, l, n, eB, eC, nck, H, W, nseg, seg_chunks,
     MODE: tl.constexpr, REV: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DB: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
@@ -169,7 +305,9 @@ def _scan_bwd_kernel(
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
-    r = tl.program_id(2)
+    pid_2 = tl.program_id(2)
+    r = pid_2 // nseg
+    sg = pid_2 % nseg
     pb = pid_b.to(tl.int64)
     rr = r.to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -192,104 +330,114 @@ def _scan_bwd_kernel(
         gcar = tl.load(dhT_ptr + state_off, mask=mdn, other=0.0).to(tl.float32)
     else:
         gcar = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    # sequence parallelism: the adjoint entering the end of segment sg from the later segments
+    for si in range(0, nseg - 1 - sg):
+        sp = nseg - 1 - si
+        so = ((rr * nseg + sp) * nb + pb) * d + rows
+        q = tl.load(Q_ptr + so[:, None] * n + offs_n[None, :], mask=mdn, other=0.0)
+        t = tl.load(sdtq_ptr + so, mask=md, other=0.0)
+        gcar = tl.exp2(A2 * t[:, None]) * gcar + q
     dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     ddb_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
 
-    u_base = u_ptr + rr * su_r + pb * su_b + rows[:, None] * su_d
-    dt_base = dt_ptr + rr * sdt_r + pb * sdt_b + rows[:, None] * sdt_d
-    z_base = z_ptr + rr * sz_r + pb * sz_b + rows[:, None] * sz_d
-    do_base = dout_ptr + ((rr * nb + pb) * d + rows[:, None]) * l
-    du_base = du_ptr + rr * sdu_r + pb * sdu_b + rows[:, None] * sdu_d
-    ddt_base = ddt_ptr + rr * sddt_r + pb * sddt_b + rows[:, None] * sddt_d
-    dz_base = dz_ptr + rr * sdz_r + pb * sdz_b + rows[:, None] * sdz_d
+    u_base = u_ptr + rr * su_r + pb * su_b + rows[None, :] * su_d
+    dt_base = dt_ptr + rr * sdt_r + pb * sdt_b + rows[None, :] * sdt_d
+    z_base = z_ptr + rr * sz_r + pb * sz_b + rows[None, :] * sz_d
+    do_base = dout_ptr + ((rr * nb + pb) * d + rows[None, :]) * l
+    du_base = du_ptr + rr * sdu_r + pb * sdu_b + rows[None, :] * sdu_d
+    ddt_base = ddt_ptr + rr * sddt_r + pb * sddt_b + rows[None, :] * sddt_d
+    dz_base = dz_ptr + rr * sdz_r + pb * sdz_b + rows[None, :] * sdz_d
     gB = (pid_d * BLOCK_D) // eB
     gC = (pid_d * BLOCK_D) // eC
-    B_base = B_ptr + rr * sB_r + pb * sB_b + gB * sB_g + offs_n[:, None] * sB_n
-    C_base = C_ptr + rr * sC_r + pb * sC_b + gC * sC_g + offs_n[:, None] * sC_n
-    dB_base = dB_ptr + rr * sdB_r + pb * sdB_b + gB * sdB_g + offs_n[:, None] * sdB_n
-    dC_base = dC_ptr + rr * sdC_r + pb * sdC_b + gC * sdC_g + offs_n[:, None] * sdC_n
+    B_base = B_ptr + rr * sB_r + pb * sB_b + gB * sB_g + offs_n[None, :] * sB_n
+    C_base = C_ptr + rr * sC_r + pb * sC_b + gC * sC_g + offs_n[None, :] * sC_n
+    dB_base = dB_ptr + rr * sdB_r + pb * sdB_b + gB * sdB_g + offs_n[None, :] * sdB_n
+    dC_base = dC_ptr + rr * sdC_r + pb * sdC_b + gC * sdC_g + offs_n[None, :] * sdC_n
     ck_base = ck_ptr + ((rr * nb + pb) * nck * d + rows[:, None]) * n + offs_n[None, :]
 
-    for ci in range(0, nck):
-        c = nck - 1 - ci
+    c0 = sg * seg_chunks
+    c1 = tl.minimum(nck, c0 + seg_chunks)
+    for ci in range(0, c1 - c0):
+        c = c1 - 1 - ci
         h = tl.load(ck_base + c * d * n, mask=mdn, other=0.0)
         s = c * BLOCK_L + offs_l
         ml = s < l
         pp, dp = _positions(s, r, l, H, W, MODE, REV)
-        mdl = md[:, None] & ml[None, :]
-        mnl = mn[:, None] & ml[None, :]
-        dt_raw = tl.load(dt_base + pp[None, :], mask=mdl, other=0.0).to(tl.float32)
+        mld = ml[:, None] & md[None, :]
+        mln = ml[:, None] & mn[None, :]
+        dt_raw = tl.load(dt_base + pp[:, None], mask=mld, other=0.0).to(tl.float32)
         if HAS_DB:
-            dt_raw = dt_raw + dbv[:, None]
+            dt_raw = dt_raw + dbv[None, :]
         if SOFTPLUS:
             dt = _softplus(dt_raw)
         else:
             dt = dt_raw
-        dt = tl.where(mdl, dt, 0.0)
-        u = tl.load(u_base + dp[None, :], mask=mdl, other=0.0).to(tl.float32)
-        Bt = tl.load(B_base + pp[None, :], mask=mnl, other=0.0).to(tl.float32)
-        Ct = tl.load(C_base + pp[None, :], mask=mnl, other=0.0).to(tl.float32)
-        dA = tl.exp2(dt[:, None, :] * A2[:, :, None])
+        dt = tl.where(mld, dt, 0.0)
+        u = tl.load(u_base + dp[:, None], mask=mld, other=0.0).to(tl.float32)
+        Bt = tl.load(B_base + pp[:, None], mask=mln, other=0.0).to(tl.float32)
+        Ct = tl.load(C_base + pp[:, None], mask=mln, other=0.0).to(tl.float32)
+        dA = tl.exp2(dt[:, :, None] * A2[None, :, :])
         dtu = dt * u
-        dBu = dtu[:, None, :] * Bt[None, :, :]
-        aC, bC = tl.associative_scan((dA, dBu), 2, _combine)
-        Hs = aC * h[:, :, None] + bC
-        do = tl.load(do_base + dp[None, :], mask=mdl, other=0.0).to(tl.float32)
+        dBu = dtu[:, :, None] * Bt[:, None, :]
+        aC, bC = tl.associative_scan((dA, dBu), 0, _combine)
+        Hs = aC * h[None, :, :] + bC
+        do = tl.load(do_base + dp[:, None], mask=mld, other=0.0).to(tl.float32)
         if HAS_Z:
-            y = tl.sum(Hs * Ct[None, :, :], 1)
+            y = tl.sum(Hs * Ct[:, None, :], 2)
             if HAS_D:
-                y = y + Dv[:, None] * u
-            zz = tl.load(z_base + dp[None, :], mask=mdl, other=0.0).to(tl.float32)
+                y = y + Dv[None, :] * u
+            zz = tl.load(z_base + dp[:, None], mask=mld, other=0.0).to(tl.float32)
             sz = tl.sigmoid(zz)
             dz = do * y * sz * (1.0 + zz * (1.0 - sz))
-            tl.store(dz_base + dp[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mdl)
+            tl.store(dz_base + dp[:, None], dz.to(dz_ptr.dtype.element_ty), mask=mld)
             dy = do * zz * sz
         else:
             dy = do
         # a_{s+1}: the decay of the next step (1 past the end of the sequence)
         s1 = s + 1
-        m1 = md[:, None] & (s1 < l)[None, :]
+        m1 = (s1 < l)[:, None] & md[None, :]
         pp1, dp1 = _positions(s1, r, l, H, W, MODE, REV)
-        dt1 = tl.load(dt_base + pp1[None, :], mask=m1, other=0.0).to(tl.float32)
+        dt1 = tl.load(dt_base + pp1[:, None], mask=m1, other=0.0).to(tl.float32)
         if HAS_DB:
-            dt1 = dt1 + dbv[:, None]
+            dt1 = dt1 + dbv[None, :]
         if SOFTPLUS:
             dt1 = _softplus(dt1)
         dt1 = tl.where(m1, dt1, 0.0)
-        a1 = tl.exp2(dt1[:, None, :] * A2[:, :, None])
-        cc = dy[:, None, :] * Ct[None, :, :]
-        cc = cc + tl.where(offs_l[None, None, :] == BLOCK_L - 1, gcar[:, :, None], 0.0)
-        _, G = tl.associative_scan((a1, cc), 2, _combine, reverse=True)
-        gcar = tl.sum(tl.where(offs_l[None, None, :] == 0, dA * G, 0.0), 2)
+        a1 = tl.exp2(dt1[:, :, None] * A2[None, :, :])
+        cc = dy[:, :, None] * Ct[:, None, :]
+        cc = cc + tl.where(offs_l[:, None, None] == BLOCK_L - 1, gcar[None, :, :], 0.0)
+        _, G = tl.associative_scan((a1, cc), 0, _combine, reverse=True)
+        gcar = tl.sum(tl.where(offs_l[:, None, None] == 0, dA * G, 0.0), 0)
         X = G * (Hs - dBu)  # = G_s a_s h_{s-1}: the gradient through log a_s
-        dA_acc += tl.sum(X * dt[:, None, :], 2)
-        GB = tl.sum(G * Bt[None, :, :], 1)
-        ddt = tl.sum(X * A[:, :, None], 1) + GB * u
+        dA_acc += tl.sum(X * dt[:, :, None], 0)
+        GB = tl.sum(G * Bt[:, None, :], 2)
+        ddt = tl.sum(X * A[None, :, :], 2) + GB * u
         du = GB * dt
         if HAS_D:
-            du = du + dy * Dv[:, None]
-            dD_acc += tl.sum(tl.where(mdl, dy * u, 0.0), 1)
-        dBt = tl.sum(G * dtu[:, None, :], 0)
-        dCt = tl.sum(Hs * dy[:, None, :], 0)
-        tl.atomic_add(dB_base + pp[None, :], dBt, mask=mnl)
-        tl.atomic_add(dC_base + pp[None, :], dCt, mask=mnl)
+            du = du + dy * Dv[None, :]
+            dD_acc += tl.sum(tl.where(mld, dy * u, 0.0), 0)
+        dBt = tl.sum(G * dtu[:, :, None], 1)
+        dCt = tl.sum(Hs * dy[:, :, None], 1)
+        tl.atomic_add(dB_base + pp[:, None], dBt, mask=mln)
+        tl.atomic_add(dC_base + pp[:, None], dCt, mask=mln)
         if SOFTPLUS:
             ddt = ddt * tl.sigmoid(dt_raw)
-        ddt = tl.where(mdl, ddt, 0.0)
+        ddt = tl.where(mld, ddt, 0.0)
         if HAS_DB:
-            ddb_acc += tl.sum(ddt, 1)
-        tl.store(ddt_base + pp[None, :], ddt.to(ddt_ptr.dtype.element_ty), mask=mdl)
-        tl.store(du_base + dp[None, :], du.to(du_ptr.dtype.element_ty), mask=mdl)
+            ddb_acc += tl.sum(ddt, 0)
+        tl.store(ddt_base + pp[:, None], ddt.to(ddt_ptr.dtype.element_ty), mask=mld)
+        tl.store(du_base + dp[:, None], du.to(du_ptr.dtype.element_ty), mask=mld)
 
-    tl.store(dA_ptr + state_off, dA_acc, mask=mdn)
-    part = (rr * nb + pb) * d + offs_d
+    part = ((rr * nseg + sg) * nb + pb) * d + rows
+    tl.store(dA_ptr + part[:, None] * n + offs_n[None, :], dA_acc, mask=mdn)
     if HAS_D:
         tl.store(dD_ptr + part, dD_acc, mask=md)
     if HAS_DB:
         tl.store(ddb_ptr + part, ddb_acc, mask=md)
     if STORE_DH0:
-        tl.store(dh0_ptr + state_off, gcar, mask=mdn)
+        if sg == 0:
+            tl.store(dh0_ptr + state_off, gcar, mask=mdn)
 
 
 # ----------------------------------------------------------------------------- launch configuration
@@ -304,23 +452,23 @@ def _pow2_divisor(x: int) -> int:
 # (BLOCK_D, BLOCK_L, num_warps) for the forward and the backward kernel; the backward BLOCK_L is also the
 # checkpoint interval. Picked on an H100 by benchmarks/kernels.py (see kernels/NOTES.md); override with
 # set_config() (tests use tiny blocks so the interpreter walks several chunks).
-_CONFIG = {"fwd": (8, 64, 4), "bwd": (4, 64, 4)}
+_CONFIG = {"fwd": (8, 32, 4), "bwd": (8, 32, 4), "seq_target": 528}
 
 
-def set_config(fwd=None, bwd=None):
-    """Set (BLOCK_D, BLOCK_L, num_warps) for the forward and/or backward scan kernels; returns the old ones."""
+def set_config(fwd=None, bwd=None, seq_target=None):
+    """Set (BLOCK_D, BLOCK_L, num_warps) for the forward and/or backward scan kernels, and the number of
+    programs below which the sequence is split into segments run in parallel; returns the old settings."""
     old = dict(_CONFIG)
     if fwd is not None:
         _CONFIG["fwd"] = tuple(fwd)
     if bwd is not None:
         _CONFIG["bwd"] = tuple(bwd)
+    if seq_target is not None:
+        _CONFIG["seq_target"] = int(seq_target)
     return old
 
 
-_MIN_PROGRAMS = 264  # two per SM on an H100
-
-
-def _launch_config(d, l, gB, gC, programs=None):
+def _launch_config(d, l, gB, gC):
     """Block sizes clamped to the problem: a channel block never straddles two B/C groups."""
     limit = 1 << 30
     for g in (gB, gC):
@@ -330,14 +478,18 @@ def _launch_config(d, l, gB, gC, programs=None):
     bdf, blf, wf = _CONFIG["fwd"]
     bdb, blb, wb = _CONFIG["bwd"]
     bdf, bdb = min(bdf, limit), min(bdb, limit)
-    if programs is not None:  # too few (batch, channel-block) programs to fill the GPU: narrower blocks
-        while bdf > 2 and programs * triton.cdiv(d, bdf) < _MIN_PROGRAMS:
-            bdf //= 2
-        while bdb > 2 and programs * triton.cdiv(d, bdb) < _MIN_PROGRAMS:
-            bdb //= 2
     blb = min(blb, lp2)
     blf = min(blf, blb)  # the forward chunk must divide the checkpoint interval
     return (bdf, blf, wf), (bdb, blb, wb)
+
+
+def _segments(programs: int, nchunks: int):
+    """(number of segments, chunks per segment): split the sequence when (batch, channel-block, direction)
+    programs alone cannot fill the GPU (the B=1, L=2^20 case)."""
+    want = -(-_CONFIG["seq_target"] // max(1, programs))
+    S = max(1, min(nchunks, want))
+    per = -(-nchunks // S)
+    return -(-nchunks // per), per
 
 
 # ----------------------------------------------------------------------------- autograd wrapper
@@ -377,13 +529,14 @@ class _ScanFn(torch.autograd.Function):
             b = delta.shape[-3]
         n = A.shape[-1]
         gB, gC = B.shape[-3], C.shape[-3]
-        (bdf, blf, wf), (bdb, blb, wb) = _launch_config(d, l, gB, gC, b * R if u.is_cuda else None)
+        (bdf, blf, wf), (bdb, blb, wb) = _launch_config(d, l, gB, gC)
         BLOCK_N = max(2, _next_pow2(n))
         dev = u.device
+        f32 = torch.float32
         out = torch.empty(R, b, d, l, device=dev, dtype=u.dtype)
-        hT = torch.empty(R, b, d, n, device=dev, dtype=torch.float32) if spec.want_final else out
+        hT = torch.empty(R, b, d, n, device=dev, dtype=f32) if spec.want_final else out
         nck = triton.cdiv(l, blb)
-        ck = (torch.empty(R, b, nck, d, n, device=dev, dtype=torch.float32) if spec.need_ck else out)
+        ck = (torch.empty(R, b, nck, d, n, device=dev, dtype=f32) if spec.need_ck else out)
         su_r, su = _dir_strides(u, 4)
         sdt_r, sdt = _dir_strides(delta, 4)
         sA_r, sA = _dir_strides(A, 3)
@@ -393,15 +546,27 @@ class _ScanFn(torch.autograd.Function):
         sdb_r = _dir_strides(db, 2)[0] if db is not None else 0
         sz_r, sz = _dir_strides(z, 4) if z is not None else (0, (0, 0, 0))
         dummy = out
-        grid = (triton.cdiv(d, bdf), b, R)
+        nseg, seg_chunks = _segments(b * R * triton.cdiv(d, bdf), triton.cdiv(l, blf))
+        E = sdt_seg = dummy
+        if nseg > 1:
+            E = torch.empty(R, nseg, b, d, n, device=dev, dtype=f32)
+            sdt_seg = torch.empty(R, nseg, b, d, device=dev, dtype=f32)
+            _seg_fwd_kernel[(triton.cdiv(d, bdf), b, R * (nseg - 1))](
+                u, delta, A, B, db if db is not None else dummy, E, sdt_seg,
+                su_r, su[0], su[1], sdt_r, sdt[0], sdt[1], sA_r, sA[0], sB_r, sB[0], sB[1], sB[2], sdb_r,
+                b, d, l, n, d // gB, spec.H, spec.W, nseg, seg_chunks,
+                MODE=spec.mode, REV=spec.rev, HAS_DB=db is not None, SOFTPLUS=spec.softplus,
+                BLOCK_D=bdf, BLOCK_N=BLOCK_N, BLOCK_L=blf, num_warps=wf,
+            )
+        grid = (triton.cdiv(d, bdf), b, R * nseg)
         _scan_fwd_kernel[grid](
             u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
-            db if db is not None else dummy, h0 if h0 is not None else dummy,
+            db if db is not None else dummy, h0 if h0 is not None else dummy, E, sdt_seg,
             out, hT, ck,
             su_r, su[0], su[1], sdt_r, sdt[0], sdt[1], sA_r, sA[0],
             sB_r, sB[0], sB[1], sB[2], sC_r, sC[0], sC[1], sC[2],
             sD_r, sdb_r, sz_r, sz[0], sz[1],
-            b, d, l, n, d // gB, d // gC, nck, spec.H, spec.W,
+            b, d, l, n, d // gB, d // gC, nck, spec.H, spec.W, nseg, seg_chunks,
             MODE=spec.mode, REV=spec.rev, HAS_D=D is not None, HAS_Z=z is not None, HAS_DB=db is not None,
             SOFTPLUS=spec.softplus, HAS_H0=h0 is not None, STORE_HT=spec.want_final, STORE_CK=spec.need_ck,
             CK_EVERY=blb // blf, BLOCK_D=bdf, BLOCK_N=BLOCK_N, BLOCK_L=blf, num_warps=wf,
@@ -436,9 +601,10 @@ class _ScanFn(torch.autograd.Function):
         dz, dz_red = dir_buffer(z, 4) if has_z else (dout, False)
         dB = torch.zeros(B.shape, device=dev, dtype=f32)
         dC = torch.zeros(C.shape, device=dev, dtype=f32)
-        dA_part = torch.empty(R, b, d, n, device=dev, dtype=f32)
-        dD_part = torch.empty(R, b, d, device=dev, dtype=f32) if has_D else dA_part
-        ddb_part = torch.empty(R, b, d, device=dev, dtype=f32) if has_db else dA_part
+        nseg, seg_chunks = _segments(b * R * triton.cdiv(d, bdb), nck)
+        dA_part = torch.empty(R, nseg, b, d, n, device=dev, dtype=f32)
+        dD_part = torch.empty(R, nseg, b, d, device=dev, dtype=f32) if has_D else dA_part
+        ddb_part = torch.empty(R, nseg, b, d, device=dev, dtype=f32) if has_db else dA_part
         dh0 = torch.empty(R, b, d, n, device=dev, dtype=f32) if has_h0 else dA_part
         has_dhT = dhT is not None and spec.want_final
         dhT = dhT.float().contiguous() if has_dhT else dA_part
@@ -462,17 +628,28 @@ class _ScanFn(torch.autograd.Function):
         sdB_r, sdB = _dir_strides(dB, 5)
         sdC_r, sdC = _dir_strides(dC, 5)
         dummy = dA_part
-        grid = (triton.cdiv(d, bdb), b, R)
+        Q = sdt_seg = dummy
+        if nseg > 1:
+            Q = torch.empty(R, nseg, b, d, n, device=dev, dtype=f32)
+            sdt_seg = torch.empty(R, nseg, b, d, device=dev, dtype=f32)
+            _seg_bwd_kernel[(triton.cdiv(d, bdb), b, R * (nseg - 1))](
+                delta, A, C, z if has_z else dummy, db if has_db else dummy, dout, Q, sdt_seg,
+                sdt_r, sdt[0], sdt[1], sA_r, sA[0], sC_r, sC[0], sC[1], sC[2], sz_r, sz[0], sz[1], sdb_r,
+                b, d, l, n, d // gC, spec.H, spec.W, nseg, seg_chunks,
+                MODE=spec.mode, REV=spec.rev, HAS_Z=has_z, HAS_DB=has_db, SOFTPLUS=spec.softplus,
+                BLOCK_D=bdb, BLOCK_N=BLOCK_N, BLOCK_L=blb, num_warps=wb,
+            )
+        grid = (triton.cdiv(d, bdb), b, R * nseg)
         _scan_bwd_kernel[grid](
             u, delta, A, B, C, D if has_D else dummy, z if has_z else dummy, db if has_db else dummy,
-            ck, dout, dhT,
+            ck, dout, dhT, Q, sdt_seg,
             du, ddt, dz, dA_part, dB, dC, dD_part, ddb_part, dh0,
             su_r, su[0], su[1], sdt_r, sdt[0], sdt[1], sA_r, sA[0],
             sB_r, sB[0], sB[1], sB[2], sC_r, sC[0], sC[1], sC[2],
             sD_r, sdb_r, sz_r, sz[0], sz[1],
             sdu_r, sdu[0], sdu[1], sddt_r, sddt[0], sddt[1], sdz_r, sdz[0], sdz[1],
             sdB_r, sdB[0], sdB[1], sdB[2], sdC_r, sdC[0], sdC[1], sdC[2],
-            b, d, l, n, d // gB, d // gC, nck, spec.H, spec.W,
+            b, d, l, n, d // gB, d // gC, nck, spec.H, spec.W, nseg, seg_chunks,
             MODE=spec.mode, REV=spec.rev, HAS_D=has_D, HAS_Z=has_z, HAS_DB=has_db, SOFTPLUS=spec.softplus,
             HAS_DHT=has_dhT, STORE_DH0=has_h0, BLOCK_D=bdb, BLOCK_N=BLOCK_N, BLOCK_L=blb, num_warps=wb,
         )
@@ -483,14 +660,14 @@ class _ScanFn(torch.autograd.Function):
         du = finish(du, du_red, u)
         ddt = finish(ddt, ddt_red, delta)
         dz = finish(dz, dz_red, z) if has_z else None
-        dA = dA_part.sum(1)
+        dA = dA_part.sum((1, 2))
         dA = (dA if A.dim() == 3 else dA.sum(0)).to(A.dtype)
         dD = ddb = None
         if has_D:
-            dD = dD_part.sum(1)
+            dD = dD_part.sum((1, 2))
             dD = (dD if D.dim() == 2 else dD.sum(0)).to(D.dtype)
         if has_db:
-            ddb = ddb_part.sum(1)
+            ddb = ddb_part.sum((1, 2))
             ddb = (ddb if db.dim() == 2 else ddb.sum(0)).to(db.dtype)
         return (None, du, ddt, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dz, ddb,
                 dh0 if has_h0 else None)

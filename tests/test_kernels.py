@@ -31,7 +31,8 @@ TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
 @pytest.fixture(autouse=True)
 def tiny_blocks():
-    old = set_config(fwd=(4, 8, 4), bwd=(4, 16, 4))  # fwd chunk 8, checkpoint every 16 steps
+    # fwd chunk 8, checkpoint every 16 steps, no sequence-parallel split unless a test asks for it
+    old = set_config(fwd=(4, 8, 4), bwd=(4, 16, 4), seq_target=0)
     yield
     set_config(**old)
 
@@ -159,6 +160,20 @@ def test_scan_chunked_state_continues():
                                     initial_state=h_a, return_final_state=True, **kw)
     assert_close(torch.cat([a, b_], -1), full, 1e-5, "out")
     assert_close(h_b, h_full, 1e-5, "final_state")
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_scan_sequence_parallel_segments(reverse):
+    # few programs -> the sequence is cut into segments scanned in parallel, joined through
+    # (end state, sum dt) in the forward and (adjoint, sum dt) in the backward
+    set_config(seq_target=64)
+    check_scan(b=1, d=4, l=150, use_h0=True, final=True, reverse=reverse, seed=13)
+
+
+def test_bidirectional_and_cross_sequence_parallel():
+    set_config(seq_target=64)
+    test_bidirectional("add", True)
+    test_cross_scan((4, 6), torch.float32)
 
 
 def test_scan_no_grad_path_matches():
