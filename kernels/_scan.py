@@ -488,8 +488,8 @@ def _segments(programs: int, nchunks: int):
     programs alone cannot fill the GPU (the B=1, L=2^20 case)."""
     want = -(-_CONFIG["seq_target"] // max(1, programs))
     S = max(1, min(nchunks, want))
-    per = -(-nchunks // S)
-    return -(-nchunks // per), per
+    per = max(1, -(-nchunks // S))
+    return max(1, -(-nchunks // per)), per
 
 
 # ----------------------------------------------------------------------------- autograd wrapper
