@@ -70,7 +70,7 @@ def _overlaps(a, b) -> bool:
 def test_tokenizer_vocab_case_iupac_and_complement():
     ids = tok.encode("ACGTacgtNnRYkmU-*")
     assert tok.decode(ids[:8]) == "ACGTACGT"
-    assert (ids[8:15] == tok.n_id).all() and ids[14] == tok.encode("T")[0]  # IUPAC -> N, U -> T
+    assert (ids[8:14] == tok.n_id).all() and ids[14] == tok.encode("T")[0]  # IUPAC -> N, U -> T
     assert (ids[15:] == tok.unk_id).all()
     comp = np.asarray(tok.complement_map)
     assert (comp[comp] == np.arange(tok.vocab_size)).all()  # an involution
@@ -311,10 +311,10 @@ def test_bad_window_longer_than_every_record(cache):
         _dm(cache, {"lambda": [str(LAMBDA)], "col": [str(COL)]}, window=60_000)
     msg = _one_line(e)
     assert "60000" in msg and str(LAMBDA) in msg and "gi|9626243|ref|NC_001416.1|" in msg and "48502" in msg
-    with pytest.raises(GenomicsDataError) as e:  # fits the genome but not its 10% test region
+    with pytest.raises(GenomicsDataError) as e:  # fits the genome but not its 10% validation region
         _dm(cache, {"lambda": [str(LAMBDA)], "col": [str(COL)]}, window=20_000)
     msg = _one_line(e)
-    assert "test region" in msg and "lambda" in msg and str(LAMBDA) in msg
+    assert "every val region" in msg and "lambda" in msg and str(LAMBDA) in msg and "4850 bases" in msg
 
 
 def test_bad_label_with_no_files_and_bad_config_values():
