@@ -102,32 +102,34 @@ class SequenceLengthWarmup(pl.Callback):
             self.current = self.length_at(trainer.current_epoch)
 
     # -------------------------------------------------------------- crop mode
-    def _crop(self, t, length):
-        if not isinstance(t, torch.Tensor) or t.dim() < 2 or t.shape[1] <= length:
-            return t
-        start = 0
-        if self.random_crop:
-            start = int(torch.randint(0, t.shape[1] - length + 1, ()).item())
-        return t[:, start:start + length]
+    def crop_batch(self, trainer, batch):
+        """Crop ``batch``'s sequence tensors to the current length (dict batches in place; also returned).
+
+        The window start is the same for every key and, with ``random_crop``, drawn from a generator seeded
+        by the global step, so that all ranks of a context-parallel group cut the same window.
+        ``ContextParallelStrategy`` calls this before it shards the batch over the ranks."""
+        if self.interval == "step":
+            self.current = self.length_at(trainer.global_step)
+        length = self.current
+        items = batch if isinstance(batch, dict) else None
+        if items is None and isinstance(batch, list):
+            items = dict(enumerate(batch))
+        if items is None:
+            return batch  # tuples and bare tensors cannot be changed in place; datamodules should yield dicts
+        keys = self.keys if isinstance(batch, dict) else [0]
+        for key in keys:
+            t = items.get(key)
+            if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[1] > length:
+                start = 0
+                if self.random_crop:
+                    g = torch.Generator().manual_seed(int(trainer.global_step))
+                    start = int(torch.randint(0, t.shape[1] - length + 1, (), generator=g).item())
+                batch[key] = t[:, start:start + length]
+        return batch
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self._mode == "crop":
-            if self.interval == "step":
-                self.current = self.length_at(trainer.global_step)
-            if isinstance(batch, dict):
-                start = None
-                for key in self.keys:
-                    if key in batch and isinstance(batch[key], torch.Tensor) and batch[key].dim() >= 2:
-                        t = batch[key]
-                        if t.shape[1] > self.current:
-                            if start is None:  # one window for every key
-                                start = (int(torch.randint(0, t.shape[1] - self.current + 1, ()).item())
-                                         if self.random_crop else 0)
-                            batch[key] = t[:, start:start + self.current]
-            elif isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
-                if isinstance(batch, list):
-                    batch[0] = self._crop(batch[0], self.current)
-            # a bare tensor batch cannot be changed in place; datamodules should yield dicts
+            self.crop_batch(trainer, batch)  # a no-op on batches already cropped (e.g. by the CP strategy)
         pl_module.log("seq_len", float(self.current), on_step=True, on_epoch=False, prog_bar=False,
                       batch_size=1)
 

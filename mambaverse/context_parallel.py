@@ -308,23 +308,33 @@ class ContextParallelStrategy(DDPStrategy):
         enable_context_parallel(self.lightning_module, self.cp_group)
         super().setup(trainer)
 
+    def _sync(self, t):
+        if self.sync_batch and isinstance(t, torch.Tensor):
+            t = t.contiguous()
+            dist.broadcast(t, self.cp_root, group=self.cp_group)
+        return t
+
     def _shard(self, t):
         if not isinstance(t, torch.Tensor) or t.dim() < 2:
             return t
-        if self.sync_batch:
-            t = t.contiguous()
-            dist.broadcast(t, self.cp_root, group=self.cp_group)
         return shard_sequence(t, self.cp_group, dim=1, overlap=self.overlap)
 
     def batch_to_device(self, batch, device=None, dataloader_idx: int = 0):
+        """Move, then (per shard key) take the group root's copy, crop (sequence-length warmup), shard."""
         batch = super().batch_to_device(batch, device, dataloader_idx)
         if self.cp_group is None:
             return batch
-        if isinstance(batch, dict):
-            return {k: (self._shard(v) if k in self.shard_keys else v) for k, v in batch.items()}
         if isinstance(batch, torch.Tensor):
-            return self._shard(batch)
-        return batch
+            return self._shard(self._sync(batch))
+        if not isinstance(batch, dict):
+            return batch
+        batch = {k: (self._sync(v) if k in self.shard_keys else v) for k, v in batch.items()}
+        trainer = getattr(self.lightning_module, "_trainer", None)
+        if trainer is not None and trainer.training:  # warmup crops the whole sequence, before sharding
+            for cb in trainer.callbacks:
+                if callable(getattr(cb, "crop_batch", None)) and getattr(cb, "_mode", None) == "crop":
+                    batch = cb.crop_batch(trainer, batch)
+        return {k: (self._shard(v) if k in self.shard_keys else v) for k, v in batch.items()}
 
 
 if "context_parallel" not in StrategyRegistry:

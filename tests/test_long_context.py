@@ -122,3 +122,75 @@ def test_bad_inputs_raise_mambaverse_errors():
     with pytest.raises(ShapeError):
         ChunkedBackbone(CausalBackbone(D, n_layer=1), 8)(torch.randn(1, 5, D + 1))
     assert issubclass(ConfigError, MambaverseError)
+
+
+# ----------------------------------------------------------------------------- sequence-length warmup
+import lightning.pytorch as pl  # noqa: E402
+
+from mambaverse.callbacks import SequenceLengthWarmup  # noqa: E402
+
+
+class _LengthRecorder(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+        self.seen = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append(batch["input_ids"].shape[1])
+        return (self.w - batch["input_ids"].float().mean()) ** 2
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class _Sequences(pl.LightningDataModule):
+    """Yields (1, seq_len) sequences; implements the set_seq_len hook the callback documents."""
+
+    def __init__(self, seq_len, hook=True, n=2):
+        super().__init__()
+        self.seq_len, self.n, self.calls = seq_len, n, []
+        if hook:
+            self.set_seq_len = self._set
+
+    def _set(self, length):
+        self.calls.append(length)
+        self.seq_len = length
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader([{"input_ids": torch.arange(self.seq_len)}] * self.n, batch_size=1)
+
+
+def _fit(module, dm, cb, **kw):
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[cb], **kw)
+    trainer.fit(module, datamodule=dm)
+    return trainer
+
+
+def test_warmup_schedule_doubles_to_target():
+    cb = SequenceLengthWarmup(target_len=20, start_len=4, every=2)
+    assert [cb.length_at(t) for t in range(8)] == [4, 4, 8, 8, 16, 16, 20, 20]
+
+
+def test_warmup_datamodule_hook_follows_epochs():
+    module, dm = _LengthRecorder(), _Sequences(16)
+    _fit(module, dm, SequenceLengthWarmup(target_len=16, start_len=4), max_epochs=4)
+    assert module.seen == [4, 4, 8, 8, 16, 16, 16, 16]
+    assert dm.calls[:3] == [4, 8, 16]
+
+
+def test_warmup_crop_per_step_any_datamodule():
+    module, dm = _LengthRecorder(), _Sequences(16, hook=False, n=5)
+    _fit(module, dm, SequenceLengthWarmup(target_len=16, start_len=4, interval="step", random_crop=True),
+         max_steps=5)
+    assert module.seen == [4, 8, 16, 16, 16]
+
+
+def test_warmup_bad_config_raises():
+    with pytest.raises(ConfigError):
+        SequenceLengthWarmup(target_len=8, start_len=16)
+    with pytest.raises(ConfigError):
+        SequenceLengthWarmup(target_len=8, interval="minute")
+    with pytest.raises(ConfigError):
+        SequenceLengthWarmup(target_len=8, start_len=2, mode="datamodule", interval="step")
