@@ -340,3 +340,30 @@ class ContextParallelStrategy(DDPStrategy):
 if "context_parallel" not in StrategyRegistry:
     StrategyRegistry.register("context_parallel", ContextParallelStrategy,
                               description="DDP with each sequence's length split across the ranks (mambaverse)")
+
+
+from lightning.pytorch.strategies import FSDPStrategy  # noqa: E402
+
+
+class BlockFSDPStrategy(FSDPStrategy):
+    """Lightning FSDP with one FSDP unit per residual block (Mamba layers), settable from YAML, where a
+    set of classes cannot be written. ``checkpoint_blocks`` adds activation checkpointing per block.
+
+        trainer:
+          strategy:
+            class_path: mambaverse.context_parallel.BlockFSDPStrategy
+            init_args: {sharding_strategy: FULL_SHARD, checkpoint_blocks: false}
+    """
+
+    def __init__(self, checkpoint_blocks: bool = False, **fsdp_kwargs):
+        from .backbones import ResidualBlock
+
+        fsdp_kwargs.setdefault("auto_wrap_policy", {ResidualBlock})
+        if checkpoint_blocks:
+            fsdp_kwargs.setdefault("activation_checkpointing_policy", {ResidualBlock})
+        super().__init__(**fsdp_kwargs)
+
+
+if "fsdp_blocks" not in StrategyRegistry:
+    StrategyRegistry.register("fsdp_blocks", BlockFSDPStrategy,
+                              description="FSDP with one unit per Mamba residual block (mambaverse)")

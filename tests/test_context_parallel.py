@@ -132,3 +132,17 @@ def test_not_initialized_raises():
         pytest.skip("a process group is already initialized")
     with pytest.raises(ConfigError):
         context_parallel_forward(CausalBackbone(D, n_layer=1), torch.zeros(1, 4, D))
+
+
+def test_block_fsdp_strategy_wraps_residual_blocks():
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    from mambaverse.backbones import ResidualBlock
+    from mambaverse.context_parallel import BlockFSDPStrategy
+
+    s = BlockFSDPStrategy(checkpoint_blocks=True)
+    policy = s.kwargs["auto_wrap_policy"]
+    assert isinstance(policy, ModuleWrapPolicy) and ResidualBlock in policy._module_classes
+    assert "auto_wrap_policy" in s._activation_checkpointing_kwargs
+    with pytest.raises(ConfigError):
+        ContextParallelStrategy(cp_size=0)
