@@ -134,6 +134,16 @@ def _scan_fwd_kernel(
     nchunks = tl.cdiv(l, BLOCK_L)
     c0 = sg * seg_chunks
     c1 = tl.minimum(nchunks, c0 + seg_chunks)
+    # software prefetch: the raw tiles of chunk c+1 are loaded while chunk c is computed
+    s = c0 * BLOCK_L + offs_l
+    ml = (s < l) & (c0 < c1)
+    pp, dp = _positions(s, r, l, H, W, MODE, REV)
+    dt_n = tl.load(dt_base + pp[:, None], mask=ml[:, None] & md[None, :], other=0.0)
+    u_n = tl.load(u_base + dp[:, None], mask=ml[:, None] & md[None, :], other=0.0)
+    B_n = tl.load(B_base + pp[:, None], mask=ml[:, None] & mn[None, :], other=0.0)
+    C_n = tl.load(C_base + pp[:, None], mask=ml[:, None] & mn[None, :], other=0.0)
+    if HAS_Z:
+        z_n = tl.load(z_base + dp[:, None], mask=ml[:, None] & md[None, :], other=0.0)
     for c in range(c0, c1):
         if STORE_CK:
             if c % CK_EVERY == 0:
@@ -142,16 +152,26 @@ def _scan_fwd_kernel(
         ml = s < l
         pp, dp = _positions(s, r, l, H, W, MODE, REV)
         mld = ml[:, None] & md[None, :]
-        mln = ml[:, None] & mn[None, :]
-        dt = tl.load(dt_base + pp[:, None], mask=mld, other=0.0).to(tl.float32)
+        dt = dt_n.to(tl.float32)
+        u = u_n.to(tl.float32)
+        Bt = B_n.to(tl.float32)
+        Ct = C_n.to(tl.float32)
+        if HAS_Z:
+            zz = z_n.to(tl.float32)
+        sn = s + BLOCK_L
+        mlx = (sn < l) & (c + 1 < c1)
+        ppn, dpn = _positions(sn, r, l, H, W, MODE, REV)
+        dt_n = tl.load(dt_base + ppn[:, None], mask=mlx[:, None] & md[None, :], other=0.0)
+        u_n = tl.load(u_base + dpn[:, None], mask=mlx[:, None] & md[None, :], other=0.0)
+        B_n = tl.load(B_base + ppn[:, None], mask=mlx[:, None] & mn[None, :], other=0.0)
+        C_n = tl.load(C_base + ppn[:, None], mask=mlx[:, None] & mn[None, :], other=0.0)
+        if HAS_Z:
+            z_n = tl.load(z_base + dpn[:, None], mask=mlx[:, None] & md[None, :], other=0.0)
         if HAS_DB:
             dt = dt + dbv[None, :]
         if SOFTPLUS:
             dt = _softplus(dt)
         dt = tl.where(mld, dt, 0.0)
-        u = tl.load(u_base + dp[:, None], mask=mld, other=0.0).to(tl.float32)
-        Bt = tl.load(B_base + pp[:, None], mask=mln, other=0.0).to(tl.float32)
-        Ct = tl.load(C_base + pp[:, None], mask=mln, other=0.0).to(tl.float32)
         dA = tl.exp2(dt[:, :, None] * A2[None, :, :])
         dBu = (dt * u)[:, :, None] * Bt[:, None, :]
         aC, bC = tl.associative_scan((dA, dBu), 0, _combine)
@@ -162,7 +182,6 @@ def _scan_fwd_kernel(
         if HAS_D:
             y = y + Dv[None, :] * u
         if HAS_Z:
-            zz = tl.load(z_base + dp[:, None], mask=mld, other=0.0).to(tl.float32)
             y = y * zz * tl.sigmoid(zz)
         tl.store(out_base + dp[:, None], y.to(out_ptr.dtype.element_ty), mask=mld)
     if STORE_HT:
@@ -358,15 +377,55 @@ def _scan_bwd_kernel(
 
     c0 = sg * seg_chunks
     c1 = tl.minimum(nck, c0 + seg_chunks)
+    # software prefetch: the raw tiles of chunk c-1 are loaded while chunk c is computed
+    c = c1 - 1
+    s = c * BLOCK_L + offs_l
+    ml = (s < l) & (c >= c0)
+    m1_0 = (s + 1 < l) & (c >= c0)
+    pp, dp = _positions(s, r, l, H, W, MODE, REV)
+    pp1_0, dp1_0 = _positions(s + 1, r, l, H, W, MODE, REV)
+    h_n = tl.load(ck_base + c * d * n, mask=mdn & (c >= c0), other=0.0)
+    dt_n = tl.load(dt_base + pp[:, None], mask=ml[:, None] & md[None, :], other=0.0)
+    dt1_n = tl.load(dt_base + pp1_0[:, None], mask=m1_0[:, None] & md[None, :], other=0.0)
+    u_n = tl.load(u_base + dp[:, None], mask=ml[:, None] & md[None, :], other=0.0)
+    B_n = tl.load(B_base + pp[:, None], mask=ml[:, None] & mn[None, :], other=0.0)
+    C_n = tl.load(C_base + pp[:, None], mask=ml[:, None] & mn[None, :], other=0.0)
+    do_n = tl.load(do_base + dp[:, None], mask=ml[:, None] & md[None, :], other=0.0)
+    if HAS_Z:
+        z_n = tl.load(z_base + dp[:, None], mask=ml[:, None] & md[None, :], other=0.0)
     for ci in range(0, c1 - c0):
         c = c1 - 1 - ci
-        h = tl.load(ck_base + c * d * n, mask=mdn, other=0.0)
+        h = h_n
         s = c * BLOCK_L + offs_l
         ml = s < l
         pp, dp = _positions(s, r, l, H, W, MODE, REV)
         mld = ml[:, None] & md[None, :]
         mln = ml[:, None] & mn[None, :]
-        dt_raw = tl.load(dt_base + pp[:, None], mask=mld, other=0.0).to(tl.float32)
+        s1 = s + 1
+        m1 = (s1 < l)[:, None] & md[None, :]
+        dt_raw = dt_n.to(tl.float32)
+        dt1 = dt1_n.to(tl.float32)
+        u = u_n.to(tl.float32)
+        Bt = B_n.to(tl.float32)
+        Ct = C_n.to(tl.float32)
+        do = do_n.to(tl.float32)
+        if HAS_Z:
+            zz = z_n.to(tl.float32)
+        cp = c - 1
+        sp = s - BLOCK_L
+        mlp = (cp >= c0) & (sp >= 0)
+        ppp, dpp = _positions(sp, r, l, H, W, MODE, REV)
+        ppp1, dpp1 = _positions(sp + 1, r, l, H, W, MODE, REV)
+        h_n = tl.load(ck_base + cp * d * n, mask=mdn & (cp >= c0), other=0.0)
+        mpd = mlp[:, None] & md[None, :]
+        dt_n = tl.load(dt_base + ppp[:, None], mask=mpd, other=0.0)
+        dt1_n = tl.load(dt_base + ppp1[:, None], mask=mpd, other=0.0)  # sp + 1 <= s - 1 < l
+        u_n = tl.load(u_base + dpp[:, None], mask=mpd, other=0.0)
+        B_n = tl.load(B_base + ppp[:, None], mask=mlp[:, None] & mn[None, :], other=0.0)
+        C_n = tl.load(C_base + ppp[:, None], mask=mlp[:, None] & mn[None, :], other=0.0)
+        do_n = tl.load(do_base + dpp[:, None], mask=mpd, other=0.0)
+        if HAS_Z:
+            z_n = tl.load(z_base + dpp[:, None], mask=mpd, other=0.0)
         if HAS_DB:
             dt_raw = dt_raw + dbv[None, :]
         if SOFTPLUS:
@@ -374,20 +433,15 @@ def _scan_bwd_kernel(
         else:
             dt = dt_raw
         dt = tl.where(mld, dt, 0.0)
-        u = tl.load(u_base + dp[:, None], mask=mld, other=0.0).to(tl.float32)
-        Bt = tl.load(B_base + pp[:, None], mask=mln, other=0.0).to(tl.float32)
-        Ct = tl.load(C_base + pp[:, None], mask=mln, other=0.0).to(tl.float32)
         dA = tl.exp2(dt[:, :, None] * A2[None, :, :])
         dtu = dt * u
         dBu = dtu[:, :, None] * Bt[:, None, :]
         aC, bC = tl.associative_scan((dA, dBu), 0, _combine)
         Hs = aC * h[None, :, :] + bC
-        do = tl.load(do_base + dp[:, None], mask=mld, other=0.0).to(tl.float32)
         if HAS_Z:
             y = tl.sum(Hs * Ct[:, None, :], 2)
             if HAS_D:
                 y = y + Dv[None, :] * u
-            zz = tl.load(z_base + dp[:, None], mask=mld, other=0.0).to(tl.float32)
             sz = tl.sigmoid(zz)
             dz = do * y * sz * (1.0 + zz * (1.0 - sz))
             tl.store(dz_base + dp[:, None], dz.to(dz_ptr.dtype.element_ty), mask=mld)
@@ -395,10 +449,6 @@ def _scan_bwd_kernel(
         else:
             dy = do
         # a_{s+1}: the decay of the next step (1 past the end of the sequence)
-        s1 = s + 1
-        m1 = (s1 < l)[:, None] & md[None, :]
-        pp1, dp1 = _positions(s1, r, l, H, W, MODE, REV)
-        dt1 = tl.load(dt_base + pp1[:, None], mask=m1, other=0.0).to(tl.float32)
         if HAS_DB:
             dt1 = dt1 + dbv[None, :]
         if SOFTPLUS:
