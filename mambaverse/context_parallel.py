@@ -42,6 +42,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .backbones import BidirectionalBackbone, CausalBackbone, RCPSBackbone
 from .errors import ConfigError, ShapeError
+from .long_context import _own, additive_scale
 from .mixers import BidirectionalMamba, Mamba
 from .ops import selective_scan
 
@@ -127,7 +128,7 @@ def _zero_state_chunk(layer, reverse, h, conv, *carry):
     _, h_last = selective_scan(**args, delta_softplus=True, initial_state=h_prev, return_final_state=True,
                                reverse=reverse, backend=mixer.backend)
     dt_sum = F.softplus(args["delta"].float() + args["delta_bias"][:, None]).sum(-1)  # (b, d_inner)
-    return tail, h_last, dt_sum if s_prev is None else s_prev + dt_sum
+    return _own(tail), _own(h_last), dt_sum if s_prev is None else s_prev + dt_sum
 
 
 def _incoming_state(layer, pieces, reverse, halo, group, ckpt):
@@ -155,17 +156,19 @@ def _incoming_state(layer, pieces, reverse, halo, group, ckpt):
 # ----------------------------------------------------------------------------- backbones
 def _causal_chunk(layer, h, conv, ssm):
     out, (conv, ssm) = layer(h, initial_state=(conv, ssm), return_final_state=True)
-    return out, conv, ssm
+    return out, _own(conv), _own(ssm)
 
 
 def _reverse_chunk(layer, h, conv, ssm):
     r, (conv, ssm) = layer.mixer.direction(layer.norm(h), True, (conv, ssm), True)
-    return r, conv, ssm
+    return r, _own(conv), _own(ssm)
 
 
 def _forward_chunk(layer, h, r, conv, ssm):
     f, (conv, ssm) = layer.mixer.direction(layer.norm(h), False, (conv, ssm), True)
-    return h + layer.mixer.combine(f, r), conv, ssm
+    if r is None:  # additive combine: the caller adds the reverse part outside the checkpointed region
+        return h + additive_scale(layer.mixer) * f, _own(conv), _own(ssm)
+    return h + layer.mixer.combine(f, r), _own(conv), _own(ssm)
 
 
 def context_parallel_forward(backbone: nn.Module, hidden: torch.Tensor, group=None, chunk_len: int | None = None,
@@ -211,11 +214,16 @@ def context_parallel_forward(backbone: nn.Module, hidden: torch.Tensor, group=No
         state = (halo, _incoming_state(layer, pieces, False, halo, group, ckpt))
         for i in range(n):
             if bidirectional:
-                pieces[i], *state = ckpt(_forward_chunk, layer, pieces[i], revs[i], *state)
+                scale = additive_scale(layer.mixer)
+                if scale is None:
+                    pieces[i], *state = ckpt(_forward_chunk, layer, pieces[i], revs[i], *state)
+                else:
+                    out, *state = ckpt(_forward_chunk, layer, pieces[i], None, *state)
+                    pieces[i] = out + scale * revs[i]
                 revs[i] = None
             else:
                 pieces[i], *state = ckpt(_causal_chunk, layer, pieces[i], *state)
-    outs = [backbone.norm_f(p) for p in pieces]
+    outs = [ckpt(backbone.norm_f, p) for p in pieces]  # the final norm keeps nothing either
     return torch.cat(outs, dim=1) if n > 1 else outs[0]
 
 

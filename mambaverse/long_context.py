@@ -34,6 +34,19 @@ from .rc import rc_features
 
 
 
+def _own(state):
+    """A carried state as its own small tensor: the conv tail is a view into the chunk's activations, and
+    keeping the view would keep the whole chunk's buffer alive across chunks (memory O(L), not O(chunk))."""
+    return state.clone() if state is not None else None
+
+
+def additive_scale(mixer):
+    """combine(f, r) == s * (f + r) for a BidirectionalMamba that adds its directions: s; None if it multiplies."""
+    if mixer.strategy == "ew_multiply":
+        return None
+    return 0.5 if mixer.variant == "vim_v2" else 1.0
+
+
 def _pairs(flat):
     return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)] if flat else None
 
@@ -61,7 +74,7 @@ def chunked_causal_forward(bb: CausalBackbone, hidden, chunk_len: int, checkpoin
 
     def layer_step(layer, h, *flat):
         h, (conv, ssm) = layer(h, initial_state=(flat[0], flat[1]) if flat else None, return_final_state=True)
-        return h, conv, ssm
+        return h, _own(conv), _own(ssm)
 
     def run_chunk(h, *flat):
         states = _pairs(flat)
@@ -92,21 +105,28 @@ def chunked_bidirectional_forward(bb: BidirectionalBackbone, hidden, chunk_len: 
 
     def reverse_chunk(layer, h, *state):
         r, (conv, ssm) = layer.mixer.direction(layer.norm(h), True, state or None, True)
-        return r, conv, ssm
+        return r, _own(conv), _own(ssm)
 
     def forward_chunk(layer, h, r, *state):
         f, (conv, ssm) = layer.mixer.direction(layer.norm(h), False, state or None, True)
-        return h + layer.mixer.combine(f, r), conv, ssm
+        if r is None:  # additive combine: the reverse part is added outside, so the region need not keep it
+            return h + additive_scale(layer.mixer) * f, _own(conv), _own(ssm)
+        return h + layer.mixer.combine(f, r), _own(conv), _own(ssm)
 
     for layer in bb.layers:
         revs, state = [None] * n, ()
         for i in range(n - 1, -1, -1):  # the reverse direction carries its state right to left
             revs[i], *state = ckpt(reverse_chunk, layer, pieces[i], *state)
         state = ()
+        scale = additive_scale(layer.mixer)
         for i in range(n):
-            pieces[i], *state = ckpt(forward_chunk, layer, pieces[i], revs[i], *state)
+            if scale is None:
+                pieces[i], *state = ckpt(forward_chunk, layer, pieces[i], revs[i], *state)
+            else:
+                out, *state = ckpt(forward_chunk, layer, pieces[i], None, *state)
+                pieces[i] = out + scale * revs[i]
             revs[i] = None  # consumed: free it
-    outs = [bb.norm_f(p) for p in pieces]
+    outs = [ckpt(bb.norm_f, p) for p in pieces]  # the final norm keeps nothing either
     return torch.cat(outs, dim=1) if n > 1 else outs[0]
 
 

@@ -5,7 +5,7 @@ import torch.nn as nn
 
 from mambaverse.backbones import BidirectionalBackbone, CausalBackbone, RCPSBackbone
 from mambaverse.errors import ConfigError, MambaverseError, ShapeError
-from mambaverse.long_context import ChunkedBackbone, chunked_causal_forward
+from mambaverse.long_context import ChunkedBackbone
 from mambaverse.mixers import BidirectionalMamba
 
 D, L, CHUNK = 8, 37, 10  # 4 chunks, the last one short
@@ -81,26 +81,34 @@ def test_bidirectional_mixer_state_carrying_splits_exactly():
     assert fin_f[1].shape == (2, m.d_inner, 16) and fin_r[0].shape == (2, m.d_inner, 3)
 
 
-def test_chunking_bounds_saved_activations():
-    """What forward keeps for backward grows with the length unchunked, and is far smaller chunked."""
+@pytest.mark.parametrize("kind", ["causal", "bidirectional"])
+def test_chunking_bounds_retained_memory(kind):
+    """The memory forward keeps for backward (storages, so that views count in full) grows with the
+    length unchunked, and chunked is about the input itself plus small boundary states."""
     torch.manual_seed(4)
-    bb = CausalBackbone(16, n_layer=2, backend="torch").train()
-    hidden = torch.randn(1, 256, 16, requires_grad=True)
-    saved = []
+    cls = CausalBackbone if kind == "causal" else BidirectionalBackbone
+    bb = cls(16, n_layer=2, backend="torch").train()
+    hidden = torch.randn(1, 1024, 16, requires_grad=True)
+    storages = {}
 
     def pack(t):
-        saved.append(t.numel() * t.element_size())
+        s = t.untyped_storage()
+        storages[s.data_ptr()] = s.nbytes()
         return t
 
     def kept(fn):
-        saved.clear()
+        storages.clear()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            fn()
-        return sum(saved)
+            out = fn()
+        return sum(storages.values()), out
 
-    full = kept(lambda: bb(hidden))
-    chunked = kept(lambda: chunked_causal_forward(bb, hidden, 32))
-    # chunked keeps only each chunk's input and boundary states, about (B, L, d_model) in all
+    full, _ = kept(lambda: bb(hidden))
+    chunked, _ = kept(lambda: ChunkedBackbone(bb, 256)(hidden))
+    input_bytes = hidden.numel() * hidden.element_size()
+    # causal keeps the input's chunks and the states; bidirectional (layer-major) also each later layer's
+    # input and the final norm's input
+    budget = (2 if kind == "causal" else 2 + len(bb.layers)) * input_bytes
+    assert chunked < budget, (chunked, budget)
     assert chunked < full / 4, (chunked, full)
 
 
