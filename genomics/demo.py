@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=None, help="classification YAML (default: the packaged configs/demo.yaml)")
     ap.add_argument("--output", default="runs/genomics_demo", help="folder for checkpoints, plots and metrics")
-    ap.add_argument("--max-minutes", type=float, default=6.0, help="cap on training time (default 6)")
+    ap.add_argument("--max-minutes", type=float, default=7.0, help="cap on training time (default 7)")
     args = ap.parse_args(argv)
 
     from mambaverse.cli import main as cli

@@ -58,6 +58,14 @@ def main(argv=None):
     except MambaverseError as err:
         print(f"mambaverse: error: {err}", file=sys.stderr)
         return 2
+    except Exception as exc:  # jsonargparse wraps errors raised while instantiating the model or data
+        cause = exc
+        while cause is not None and not isinstance(cause, MambaverseError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        print(f"mambaverse: error: {cause}", file=sys.stderr)
+        return 2
     return 0
 
 
