@@ -1,7 +1,9 @@
 """Lightning callbacks for long-context training.
 
 ``SequenceLengthWarmup`` (HyenaDNA-style): train at ``start_len`` first and double the length on a schedule
-until ``target_len``; the length at epoch e (or step s) is ``min(target_len, start_len * 2 ** (e // every))``.
+until ``target_len``; the length at epoch e (or step s) is ``min(target_len, start_len * 2 ** (e // every))``,
+plus ``extra`` positions (e.g. 1 for a causal LM whose windows carry the next-base target; with context
+parallel this keeps ``length`` divisible by the ranks while the window is ``length + 1``).
 
 How the data follows (``mode``):
 
@@ -40,10 +42,12 @@ class SequenceLengthWarmup(pl.Callback):
         mode: ``"auto"``, ``"datamodule"`` or ``"crop"``.
         keys: batch entries cropped in crop mode (dict batches); a tensor batch is cropped itself.
         random_crop: in crop mode, take a random window of the current length (else the first positions).
+        extra: positions added to every length (the data's length is ``length_at(t) + extra``).
     """
 
     def __init__(self, target_len: int, start_len: int = 1024, every: int = 1, interval: str = "epoch",
-                 mode: str = "auto", keys: tuple[str, ...] | list[str] = ("input_ids",), random_crop: bool = False):
+                 mode: str = "auto", keys: tuple[str, ...] | list[str] = ("input_ids",), random_crop: bool = False,
+                 extra: int = 0):
         super().__init__()
         for name, v in (("target_len", target_len), ("start_len", start_len), ("every", every)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -57,17 +61,17 @@ class SequenceLengthWarmup(pl.Callback):
         if mode == "datamodule" and interval == "step":
             raise ConfigError("SequenceLengthWarmup: mode 'datamodule' changes the length between epochs; "
                               "expected interval='epoch' (or mode='crop' for a per-step schedule)")
-        self.target_len, self.start_len, self.every = target_len, start_len, every
+        if isinstance(extra, bool) or not isinstance(extra, int) or extra < 0:
+            raise ConfigError(f"SequenceLengthWarmup: extra={extra!r}; expected an int >= 0")
+        self.target_len, self.start_len, self.every, self.extra = target_len, start_len, every, extra
         self.interval, self.mode, self.keys, self.random_crop = interval, mode, tuple(keys), random_crop
-        self.current = start_len
+        self.current = start_len + extra
         self._mode = None
 
     def length_at(self, t: int) -> int:
-        """Training length at epoch (or step) t."""
-        doublings = t // self.every
-        if self.start_len << min(doublings, 62) >= self.target_len:
-            return self.target_len
-        return self.start_len << doublings
+        """Training length of the data at epoch (or step) t (``extra`` included)."""
+        doublings = min(t // self.every, 62)
+        return min(self.target_len, self.start_len << doublings) + self.extra
 
     # -------------------------------------------------------------- resolution of the mode
     def setup(self, trainer, pl_module, stage):

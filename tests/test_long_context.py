@@ -179,6 +179,8 @@ def _fit(module, dm, cb, **kw):
 def test_warmup_schedule_doubles_to_target():
     cb = SequenceLengthWarmup(target_len=20, start_len=4, every=2)
     assert [cb.length_at(t) for t in range(8)] == [4, 4, 8, 8, 16, 16, 20, 20]
+    cb = SequenceLengthWarmup(target_len=16, start_len=4, extra=1)
+    assert [cb.length_at(t) for t in range(4)] == [5, 9, 17, 17]
 
 
 def test_warmup_datamodule_hook_follows_epochs():
