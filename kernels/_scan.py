@@ -502,10 +502,12 @@ def _pow2_divisor(x: int) -> int:
 # (BLOCK_D, BLOCK_L, num_warps) for the forward and the backward kernel; the backward BLOCK_L is also the
 # checkpoint interval. Picked on an H100 by benchmarks/kernels.py (see kernels/NOTES.md); override with
 # set_config() (tests use tiny blocks so the interpreter walks several chunks).
-_CONFIG = {"fwd": (8, 32, 4), "bwd": (8, 32, 4), "seq_target": 528}
+# Measured best on an H100 (benchmarks/results/kernels_h100.md): fwd (8, 32, 4), bwd (2, 16, 1); split the
+# sequence only when fewer than seq_min programs exist, then aim for seq_target programs.
+_CONFIG = {"fwd": (8, 32, 4), "bwd": (2, 16, 1), "seq_target": 4224, "seq_min": 528}
 
 
-def set_config(fwd=None, bwd=None, seq_target=None):
+def set_config(fwd=None, bwd=None, seq_target=None, seq_min=None):
     """Set (BLOCK_D, BLOCK_L, num_warps) for the forward and/or backward scan kernels, and the number of
     programs below which the sequence is split into segments run in parallel; returns the old settings."""
     old = dict(_CONFIG)
@@ -515,6 +517,8 @@ def set_config(fwd=None, bwd=None, seq_target=None):
         _CONFIG["bwd"] = tuple(bwd)
     if seq_target is not None:
         _CONFIG["seq_target"] = int(seq_target)
+    if seq_min is not None:
+        _CONFIG["seq_min"] = int(seq_min)
     return old
 
 
@@ -536,6 +540,8 @@ def _launch_config(d, l, gB, gC):
 def _segments(programs: int, nchunks: int):
     """(number of segments, chunks per segment): split the sequence when (batch, channel-block, direction)
     programs alone cannot fill the GPU (the B=1, L=2^20 case)."""
+    if programs >= _CONFIG["seq_min"]:
+        return 1, max(1, nchunks)
     want = -(-_CONFIG["seq_target"] // max(1, programs))
     S = max(1, min(nchunks, want))
     per = max(1, -(-nchunks // S))
