@@ -358,7 +358,11 @@ trainer: {{accelerator: cpu, fast_dev_run: true, logger: false, enable_checkpoin
 """)
     assert main(["fit", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert any("missing.fa" in line and "not found" in line for line in err)
+    assert err[-1].startswith("mambaverse: error: ") and "missing.fa" in err[-1] and "not found" in err[-1]
+    # errors raised while the CLI instantiates the classes reach the user as one line too
+    assert main(["fit", "--config", str(cfg), "--data.init_args.files", "{a: [], b: [" + str(LAMBDA) + "]}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("mambaverse: error: ") and "'a' has no files" in err[-1]
 
 
 # ------------------------------------------------------------------------------------------ Lightning
