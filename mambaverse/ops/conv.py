@@ -47,7 +47,7 @@ def causal_conv1d_torch(x, weight, bias=None, activation=None, reverse=False, in
     if activation == "silu":
         y = F.silu(y)
     if return_final_state:
-        return y, xp[..., xp.shape[-1] - (k - 1):]
+        return y, xp[..., xp.shape[-1] - (k - 1):].clone()  # a copy: a view would keep all of xp alive
     return y
 
 
