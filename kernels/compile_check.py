@@ -1,0 +1,90 @@
+"""Compile every Triton kernel variant for sm_90 on a machine without a GPU, and report registers/spills.
+
+    python -m mambaverse.kernels.compile_check        (do NOT set TRITON_INTERPRET)
+
+The interpreter (CI) runs the kernels' Python semantics but not the compiler's rules: a loop-carried
+variable that changes shape, for example, passes every interpreted test and fails only when compiled.
+This tool compiles through Triton's own ptxas for an H100 target with no device, so such errors show up
+before a GPU run is spent on them. It prints ptxas' register and stack (spill) figures per variant.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+
+def _compile(fn, consts, num_warps, bf16_ptrs):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    params = list(inspect.signature(fn.fn).parameters)
+    sig = {p: ("constexpr" if p in consts else (("*bf16" if p in bf16_ptrs else "*fp32") if p.endswith("_ptr") else "i32"))
+           for p in params}
+    src = ASTSource(fn=fn, signature=sig, constexprs={(params.index(k),): v for k, v in consts.items()})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))
+
+
+def _ptxas_report(ptx: str) -> str:
+    import triton
+
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as fh:
+        fh.write(ptx)
+    try:
+        res = subprocess.run([ptxas, "-arch=sm_90a", "-v", fh.name, "-o", os.devnull], capture_output=True, text=True)
+        m = re.search(r"Used (\d+) registers.*", res.stderr)
+        return m.group(0) if m else res.stderr.strip()[-200:]
+    finally:
+        os.unlink(fh.name)
+
+
+def main() -> int:
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("compile_check: unset TRITON_INTERPRET (the interpreter replaces the compiler)")
+        return 2
+    from mambaverse.kernels import _conv as KC
+    from mambaverse.kernels import _scan as KS
+
+    bf = {"u_ptr", "dt_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "dout_ptr", "du_ptr", "ddt_ptr", "dz_ptr",
+          "x_ptr", "y_ptr", "dy_ptr", "dx_ptr"}
+    opts = dict(HAS_D=True, HAS_Z=True, HAS_DB=True, SOFTPLUS=True, BLOCK_N=16)
+    fwd = dict(HAS_H0=True, STORE_HT=True, STORE_CK=True, CK_EVERY=1)
+    bwd = dict(HAS_DHT=True, STORE_DH0=True)
+    (bdf, blf, wf), (bdb, blb, wb) = KS._CONFIG["fwd"], KS._CONFIG["bwd"]
+    cases = []
+    for mode, rev in ((0, False), (0, True), (1, False), (2, False)):
+        cases.append((f"scan_fwd mode={mode} rev={rev}", KS._scan_fwd_kernel,
+                      dict(opts, **fwd, MODE=mode, REV=rev, BLOCK_D=bdf, BLOCK_L=blf), wf))
+        cases.append((f"scan_bwd mode={mode} rev={rev}", KS._scan_bwd_kernel,
+                      dict(opts, **bwd, MODE=mode, REV=rev, BLOCK_D=bdb, BLOCK_L=blb), wb))
+    cases.append(("scan_fwd bare", KS._scan_fwd_kernel, dict(MODE=0, REV=False, HAS_D=False, HAS_Z=False, HAS_DB=False,
+                  SOFTPLUS=False, HAS_H0=False, STORE_HT=False, STORE_CK=False, CK_EVERY=1, BLOCK_D=bdf, BLOCK_N=16,
+                  BLOCK_L=blf), wf))
+    cases.append(("scan_bwd bare", KS._scan_bwd_kernel, dict(MODE=0, REV=False, HAS_D=False, HAS_Z=False, HAS_DB=False,
+                  SOFTPLUS=False, HAS_DHT=False, STORE_DH0=False, BLOCK_D=bdb, BLOCK_N=16, BLOCK_L=blb), wb))
+    cases.append(("seg_fwd", KS._seg_fwd_kernel, dict(MODE=0, REV=False, HAS_DB=True, SOFTPLUS=True, BLOCK_D=bdf,
+                                                      BLOCK_N=16, BLOCK_L=blf), wf))
+    cases.append(("seg_bwd", KS._seg_bwd_kernel, dict(MODE=0, REV=False, HAS_Z=True, HAS_DB=True, SOFTPLUS=True,
+                                                      BLOCK_D=bdb, BLOCK_N=16, BLOCK_L=blb), wb))
+    conv = dict(K=4, REV=False, HAS_BIAS=True, HAS_S0=True, SILU=True, BLOCK_D=KC._BLOCK_D, BLOCK_L=KC._BLOCK_L)
+    cases.append(("conv_fwd", KC._conv_fwd_kernel, conv, 4))
+    cases.append(("conv_bwd_dpre", KC._conv_bwd_dpre_kernel, conv, 4))
+    cases.append(("conv_bwd_dx", KC._conv_bwd_dx_kernel, dict(K=4, REV=True, BLOCK_D=KC._BLOCK_D, BLOCK_L=KC._BLOCK_L), 4))
+    failed = 0
+    for name, fn, consts, warps in cases:
+        try:
+            k = _compile(fn, dict(consts), warps, bf)
+            print(f"{name:28s} ok   {_ptxas_report(k.asm['ptx'])}")
+        except Exception as exc:  # noqa: BLE001
+            failed += 1
+            print(f"{name:28s} FAIL {type(exc).__name__}: {str(exc).splitlines()[-1][:200]}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
