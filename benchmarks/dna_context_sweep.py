@@ -196,8 +196,8 @@ def main(argv=None) -> int:
     ap.add_argument("--backbone", default="caduceus_ps_dna_small")
     ap.add_argument("--backbone-overrides", default='{"expand": 1, "d_state": 8}', help="JSON dict")
     ap.add_argument("--patch-size", type=int, default=16, help="k-mer stem stride (1 = single-base resolution)")
-    ap.add_argument("--token-budget", type=int, default=2_000_000, help="training bases per run")
-    ap.add_argument("--batch-tokens", type=int, default=32768, help="bases per batch (batch = max(1, this // L))")
+    ap.add_argument("--token-budget", type=int, default=6_000_000, help="training bases per run")
+    ap.add_argument("--batch-tokens", type=int, default=16384, help="bases per batch (batch = max(1, this // L))")
     ap.add_argument("--max-train-seconds", type=int, default=60, help="wall-clock cap on each run's training")
     ap.add_argument("--test-bases", type=int, default=1 << 20, help="test windows per label = test_bases // L ...")
     ap.add_argument("--test-windows", type=int, default=48, help="... at most this many ...")
@@ -214,6 +214,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work-dir", default="runs/dna_context_sweep")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--tag", default=None, help="results file suffix (default: the device type)")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows already in the results file of this tag (a rerun of a task/context replaces its row)")
     args = ap.parse_args(argv)
     if args.stage_data:
         stage_data(args.stage_data)
@@ -233,10 +235,15 @@ def main(argv=None) -> int:
                       f"{args.max_train_seconds} s of training; region split per record: train on the first "
                       f"{1 - args.test_fraction:.0%}, test on the last {args.test_fraction:.0%} ({args.test_bases:,} bases per label, {args.min_test_windows}-{args.test_windows} windows)"}
     rows, t_all = [], time.time()
+    previous = Path(args.out) / f"dna_context_sweep_{tag}.json"
+    if args.append and previous.exists():
+        rows = json.loads(previous.read_text())["rows"]
     for task in args.tasks:
         files = remap(TASKS[task], args.data_root)
         for L in args.lengths:
-            rows.append(run_one(task, files, L, args))
+            row = run_one(task, files, L, args)
+            rows = [r for r in rows if (r["task"], r["context"]) != (task, L)] + [row]
+            rows.sort(key=lambda r: (r["task"], r["context"]))
             write_results(rows, {**meta, "total_s": round(time.time() - t_all, 1)}, Path(args.out), tag)
     paths = write_results(rows, {**meta, "total_s": round(time.time() - t_all, 1)}, Path(args.out), tag)
     print(f"sweep: {len(rows)} runs in {(time.time() - t_all) / 60:.1f} min; wrote " + ", ".join(map(str, paths)))
