@@ -3,8 +3,9 @@
 Both build a core backbone by preset name (``backbone`` + ``backbone_overrides``) and add a token
 embedding and a head; for RC-equivariant backbones (``RCPSBackbone``) the embedding is
 RC-equivariant and the heads RC-invariant (classification) or RC-equivariant (LM), so the whole
-model respects reverse complement exactly. ``pretrained_ckpt`` loads matching backbone, embedding
-and stem weights from a Lightning checkpoint of either task (or a ``save_pretrained`` folder).
+model respects reverse complement exactly. ``pretrained_ckpt`` loads matching backbone, embedding,
+stem (and same-size head) weights from a Lightning checkpoint of either task (or a
+``save_pretrained`` folder of a backbone).
 """
 from __future__ import annotations
 
@@ -29,11 +30,12 @@ from .models import (LMHead, RCPatchStem, RCTokenEmbedding, SequenceHead, TokenE
                      is_rc_equivariant)
 from .tokenizer import MASK_ID, NUCLEOTIDE_IDS, DNATokenizer
 
-_TRANSFERABLE = ("backbone.", "embed.", "stem.")
+_TRANSFERABLE = ("backbone.", "embed.", "stem.", "head.")
 
 
 def load_pretrained_weights(module: nn.Module, path: str) -> list[str]:
-    """Copy backbone/embedding/stem weights with matching names and shapes; return the names loaded."""
+    """Copy backbone/embedding/stem (and classifier head) weights with matching names and shapes; return the names
+    loaded. A head of another size (or an LM checkpoint, which has none) leaves the head as initialised."""
     p = Path(path).expanduser()
     if not p.exists():
         raise GenomicsDataError(f"pretrained_ckpt: {p} not found; expected a Lightning .ckpt or a save_pretrained folder")
@@ -222,6 +224,12 @@ class DNAClassifier(_DNABase):
         logits = self.head.fc(feats)
         return {"embedding": feats.float().cpu(), "probs": logits.softmax(-1).float().cpu(),
                 **{k: batch[k] for k in ("record", "start", "end", "strand", "label", "file") if k in batch}}
+
+    def on_save_checkpoint(self, checkpoint):
+        # the pretrained weights are inside this checkpoint now; do not ask load_from_checkpoint to read them again
+        hp = checkpoint.get("hyper_parameters")
+        if hp and hp.get("pretrained_ckpt"):
+            hp["pretrained_ckpt"] = None
 
     def configure_optimizers(self):
         return self._optim(self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps)

@@ -61,7 +61,7 @@ class DNATokenizer:
 
     def decode(self, ids) -> str:
         ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-        return "".join(VOCAB[i] if VOCAB[i] in BASES else VOCAB[i] for i in ids)
+        return "".join(VOCAB[i] for i in ids)
 
     # ------------------------------------------------------------------ reverse complement
     def complement(self, ids):

@@ -410,6 +410,17 @@ def test_classifier_fit_test_predict_and_finetune(cache, tmp_path):
     first = rows[1].split("\t")
     assert first[6] == "lambda" and int(first[4]) - int(first[3]) == 128 and first[5] == "+"
     assert not list((tmp_path / "emb").glob("*.tmp"))
+    # the fine-tuned checkpoint stands alone: it reloads after the pretrained LM checkpoint is gone
+    clf_ckpt = tmp_path / "clf.ckpt"
+    tr.save_checkpoint(clf_ckpt)
+    ckpt.unlink()
+    again = DNAClassifier.load_from_checkpoint(clf_ckpt)
+    assert again.hparams.pretrained_ckpt is None and torch.equal(again.head.fc.weight, clf.head.fc.weight)
+    warm = DNAClassifier(num_classes=3, backbone="caduceus_ps_tiny", backbone_overrides=TINY, pooling="cls",
+                         pretrained_ckpt=str(clf_ckpt))
+    assert "head.fc.weight" in warm.loaded_pretrained
+    with pytest.raises(GenomicsDataError, match="lm.ckpt not found"):
+        DNAClassifier(num_classes=3, backbone="caduceus_ps_tiny", backbone_overrides=TINY, pretrained_ckpt=str(ckpt))
 
 
 def test_causal_lm_fast_dev_run(cache, tmp_path):
