@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import BackendUnavailableError, ShapeError
-from .scan import check_scan_inputs, kernel_available, selective_scan
+from ..errors import ShapeError
+from .scan import check_scan_inputs, selective_scan, use_fused_kernel
 
 COMBINES = ("add", "multiply", "stack")
 
@@ -53,11 +53,7 @@ def bidirectional_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     for direction in (0, 1):
         uu, dd, AA, BB, CC, DD, bb = (p[direction] for p in pairs)
         check_scan_inputs(uu, dd, AA, BB, CC, DD, z, bb)
-    device = pairs[0][0].device
-    fused = kernel_available("bidirectional_scan_triton", device)
-    if backend == "triton" and not fused:
-        raise BackendUnavailableError(f"bidirectional_scan: backend 'triton' is unavailable on device {device}")
-    if fused and backend in ("auto", "triton"):
+    if use_fused_kernel("bidirectional_scan_triton", pairs[0][0].device, backend):
         from ..kernels import bidirectional_scan_triton
 
         return bidirectional_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, combine)

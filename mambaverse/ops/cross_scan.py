@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import BackendUnavailableError, ShapeError
-from .scan import check_scan_inputs, kernel_available, selective_scan
+from ..errors import ShapeError
+from .scan import check_scan_inputs, selective_scan, use_fused_kernel
 
 ROUTES = 4
 
@@ -55,10 +55,7 @@ def cross_selective_scan(x, delta, A, B, C, D=None, delta_bias=None, delta_softp
     if tuple(delta.shape) != (b, ROUTES, c, h * w):
         raise ShapeError(f"cross_selective_scan: delta has shape {tuple(delta.shape)}, expected {(b, ROUTES, c, h * w)}")
     check_scan_inputs(x.new_empty(b, ROUTES * c, h * w), delta.reshape(b, ROUTES * c, h * w), A, B, C, D, None, delta_bias)
-    fused = kernel_available("cross_selective_scan_triton", x.device)
-    if backend == "triton" and not fused:
-        raise BackendUnavailableError(f"cross_selective_scan: backend 'triton' is unavailable on device {x.device}")
-    if fused and backend in ("auto", "triton"):
+    if use_fused_kernel("cross_selective_scan_triton", x.device, backend):
         from ..kernels import cross_selective_scan_triton
 
         return cross_selective_scan_triton(x, delta, A, B, C, D, delta_bias, delta_softplus)

@@ -283,15 +283,29 @@ _BACKEND_FUNCS = {
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
-    """Backends that can run on `device`, best first."""
+    """Backends that can run on `device`, best first.
+
+    On CUDA, mamba-ssm (when installed) ranks above our Triton kernels because it is measured faster
+    today (benchmarks/results/kernels_h100.md); calls with an initial_state still reach Triton, since
+    mamba-ssm's kernel has none. Without mamba-ssm -- the install we aim at -- auto picks Triton."""
     device = torch.device(device)
     found = []
-    if device.type == "cuda" and _triton_available(device):
-        found.append("triton")
     if device.type == "cuda" and _mamba_ssm_available():
         found.append("mamba_ssm")
+    if device.type == "cuda" and _triton_available(device):
+        found.append("triton")
     found += ["torch", "naive"]
     return found
+
+
+def use_fused_kernel(name: str, device: torch.device, backend: str) -> bool:
+    """Whether a composite op (bidirectional, cross-scan) should call its fused Triton kernel `name`:
+    when asked for explicitly, or under auto when mamba-ssm's faster single-direction kernel is absent."""
+    if backend == "triton":
+        if not kernel_available(name, device):
+            raise BackendUnavailableError(f"{name}: backend 'triton' is unavailable on device {device}")
+        return True
+    return backend == "auto" and kernel_available(name, device) and not _mamba_ssm_available()
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -310,7 +324,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    initial_state=None, return_final_state=False, reverse=False, backend="auto"):
     """Selective scan of Mamba-1; see the module docstring for shapes. ``backend``: auto, naive, torch,
-    triton or mamba_ssm. ``auto`` picks triton on CUDA (mamba_ssm if triton is missing), torch elsewhere."""
+    triton or mamba_ssm. ``auto`` picks mamba_ssm on CUDA when installed, else triton; torch elsewhere."""
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     name = resolve_backend(backend, u.device)
     return _BACKEND_FUNCS[name](u, delta, A, B, C, D, z, delta_bias, delta_softplus,
