@@ -108,7 +108,7 @@ def run_one(task: str, files: dict, L: int, args) -> dict:
                          rc_prob=0.5, cache_dir=args.cache_dir, num_workers=args.num_workers, seed=args.seed)
     overrides = json.loads(args.backbone_overrides) if args.backbone_overrides else None
     model = DNAClassifier(num_classes=len(files), backbone=args.backbone, backbone_overrides=overrides,
-                          pooling="mean", patch_size=args.patch_size, lr=args.lr, warmup_steps=min(20, steps // 5),
+                          pooling="mean", patch_size=args.patch_size, stem=args.stem, lr=args.lr, warmup_steps=min(20, steps // 5),
                           output_dir=str(Path(args.work_dir) / f"{task}_{L}"))
     trainer = pl.Trainer(accelerator="gpu" if args.device.startswith("cuda") else "cpu", devices=1,
                          precision=args.precision, max_steps=steps, max_epochs=1, limit_val_batches=0,
@@ -195,8 +195,10 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", default=None, help="Lightning precision (default: 32 on CPU, bf16-mixed on CUDA)")
     ap.add_argument("--backbone", default="caduceus_ps_dna_small")
     ap.add_argument("--backbone-overrides", default='{"expand": 1, "d_state": 8}', help="JSON dict")
-    ap.add_argument("--patch-size", type=int, default=16, help="k-mer stem stride (1 = single-base resolution)")
-    ap.add_argument("--token-budget", type=int, default=6_000_000, help="training bases per run")
+    ap.add_argument("--patch-size", type=int, default=16, help="stem stride (1 = single-base resolution)")
+    ap.add_argument("--stem", default="conv", choices=["conv", "patch"], help="conv: width-9 conv + GELU + mean over "
+                    "patch-size bases (a learned k-mer counter); patch: one linear conv of width = stride = patch-size")
+    ap.add_argument("--token-budget", type=int, default=8_000_000, help="training bases per run")
     ap.add_argument("--batch-tokens", type=int, default=16384, help="bases per batch (batch = max(1, this // L))")
     ap.add_argument("--max-train-seconds", type=int, default=60, help="wall-clock cap on each run's training")
     ap.add_argument("--test-bases", type=int, default=1 << 20, help="test windows per label = test_bases // L ...")
@@ -229,7 +231,7 @@ def main(argv=None) -> int:
     tag = args.tag or args.device.split(":")[0]
     meta = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": device_name(args.device),
             "versions": versions(), "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-            "model": f"DNAClassifier(backbone={args.backbone}, overrides={args.backbone_overrides}, patch_size={args.patch_size}, "
+            "model": f"DNAClassifier(backbone={args.backbone}, overrides={args.backbone_overrides}, patch_size={args.patch_size}, stem={args.stem}, "
                      f"pooling=mean, RC-equivariant), lr {args.lr}, AdamW, precision {args.precision}",
             "budget": f"{args.token_budget:,} training bases per run ({args.batch_tokens:,} per batch), capped at "
                       f"{args.max_train_seconds} s of training; region split per record: train on the first "

@@ -70,18 +70,40 @@ class _Conv(nn.Module):
         return self.conv(h.transpose(1, 2)).transpose(1, 2)
 
 
-class RCPatchStem(nn.Module):
-    """Shortens the sequence s-fold (k-mer patches) before the backbone; RC-equivariant if ``rc``.
+class _KmerPool(nn.Module):
+    """(B, L, c) -> (B, L // s, c): a same-padded conv of width k to 2c channels, GELU, a 1x1 conv back to c,
+    then mean pooling over non-overlapping groups of s positions -- a learned, position-free k-mer counter."""
 
-    With ``rc`` the conv runs on each half of the channels in the core ``RCEquivariant`` way, so
+    def __init__(self, c: int, s: int, k: int):
+        super().__init__()
+        self.s = s
+        self.conv = nn.Conv1d(c, 2 * c, kernel_size=k, padding=k // 2)
+        self.mix = nn.Conv1d(2 * c, c, kernel_size=1)
+
+    def forward(self, h):
+        x = self.mix(torch.nn.functional.gelu(self.conv(h.transpose(1, 2))))
+        if self.s > 1:
+            x = torch.nn.functional.avg_pool1d(x, self.s, self.s)
+        return x.transpose(1, 2)
+
+
+class RCPatchStem(nn.Module):
+    """Shortens the sequence s-fold before the backbone; RC-equivariant if ``rc``.
+
+    ``kind="patch"``: one linear conv of width and stride s (non-overlapping k-mer patches).
+    ``kind="conv"``: :class:`_KmerPool` (conv of width ``kernel`` at every base, GELU, mean over s bases).
+    With ``rc`` the module runs on each half of the channels in the core ``RCEquivariant`` way, so
     stem(rc_features(h)) == rc_features(stem(h)) whenever L is a multiple of s.
     """
 
-    def __init__(self, d_model: int, patch_size: int, rc: bool):
+    def __init__(self, d_model: int, patch_size: int, rc: bool, kind: str = "patch", kernel: int = 9):
         super().__init__()
+        if kind not in ("patch", "conv"):
+            raise ValueError(f"stem: got {kind!r}, expected 'patch' or 'conv'")
         self.patch_size = patch_size
-        half = d_model // 2
-        self.net = RCEquivariant(_Conv(half, half, patch_size)) if rc else _Conv(d_model, d_model, patch_size)
+        c = d_model // 2 if rc else d_model
+        inner = _Conv(c, c, patch_size) if kind == "patch" else _KmerPool(c, patch_size, kernel)
+        self.net = RCEquivariant(inner) if rc else inner
 
     def forward(self, h):
         L = h.shape[1] - h.shape[1] % self.patch_size

@@ -61,7 +61,7 @@ def load_pretrained_weights(module: nn.Module, path: str) -> list[str]:
 
 
 class _DNABase(pl.LightningModule):
-    def _build_trunk(self, backbone: str, backbone_overrides: dict | None, patch_size: int = 1):
+    def _build_trunk(self, backbone: str, backbone_overrides: dict | None, patch_size: int = 1, stem: str = "patch"):
         self.tokenizer = DNATokenizer()
         self.backbone = create_model(backbone, **(backbone_overrides or {}))
         d = self.backbone.d_model
@@ -71,7 +71,9 @@ class _DNABase(pl.LightningModule):
         self.embed = RCTokenEmbedding(V, d, self.tokenizer.complement_map) if self.rc else TokenEmbedding(V, d)
         if patch_size < 1:
             raise ConfigError(f"patch_size: got {patch_size}, expected >= 1")
-        self.stem = RCPatchStem(d, patch_size, self.rc) if patch_size > 1 else None
+        if stem not in ("patch", "conv"):
+            raise ConfigError(f"stem: got {stem!r}, expected 'patch' or 'conv'")
+        self.stem = RCPatchStem(d, patch_size, self.rc, stem) if patch_size > 1 or stem == "conv" else None
 
     def _hidden(self, ids: torch.Tensor) -> torch.Tensor:
         h = self.embed(ids)
@@ -108,7 +110,9 @@ class DNAClassifier(_DNABase):
         backbone_overrides: hyperparameters overriding the preset's.
         pooling: ``mean`` over positions, ``last`` token, or a ``cls`` token (middle for bidirectional
             backbones, end for causal ones); RC-invariant for RC-equivariant backbones.
-        patch_size: >1 shortens the sequence with a k-mer stem (conv of width and stride patch_size).
+        patch_size: >1 shortens the sequence patch_size-fold before the backbone, with the ``stem``:
+        stem: ``patch`` (a linear conv of width and stride patch_size) or ``conv`` (a conv of width 9 at every
+            base, GELU, then the mean over patch_size bases: a learned k-mer counter; RC-equivariant too).
         conjoin: at evaluation, average the logits of x and of its reverse complement (Caduceus-Ph style).
         class_names: names for plots (default: the datamodule's labels).
         output_dir: where test metrics JSON and the confusion-matrix PNG go (default: the trainer's log dir).
@@ -116,7 +120,8 @@ class DNAClassifier(_DNABase):
     """
 
     def __init__(self, num_classes: int, backbone: str = "caduceus_ps_dna_small", backbone_overrides: dict | None = None,
-                 pooling: Literal["mean", "last", "cls"] = "mean", patch_size: int = 1, conjoin: bool = False,
+                 pooling: Literal["mean", "last", "cls"] = "mean", patch_size: int = 1,
+                 stem: Literal["patch", "conv"] = "patch", conjoin: bool = False,
                  dropout: float = 0.0, lr: float = 2e-3, weight_decay: float = 0.01, warmup_steps: int = 20,
                  class_names: list[str] | None = None, output_dir: str | None = None,
                  pretrained_ckpt: str | None = None):
@@ -124,9 +129,9 @@ class DNAClassifier(_DNABase):
         if num_classes < 2:
             raise ConfigError(f"num_classes: got {num_classes}, expected at least 2")
         self.save_hyperparameters()
-        self._build_trunk(backbone, backbone_overrides, patch_size)
-        if pooling == "cls" and patch_size > 1:
-            raise ConfigError("pooling: 'cls' cannot be combined with patch_size > 1; use 'mean' or 'last'")
+        self._build_trunk(backbone, backbone_overrides, patch_size, stem)
+        if pooling == "cls" and self.stem is not None:
+            raise ConfigError("pooling: 'cls' cannot be combined with a stem (patch_size > 1 or stem: conv); use 'mean' or 'last'")
         self.head = SequenceHead(self.backbone.d_model, num_classes, pooling, self.rc, dropout)
         self.loaded_pretrained: list[str] = []
         if pretrained_ckpt:

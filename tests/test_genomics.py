@@ -225,6 +225,10 @@ def test_rc_equivariant_classifier_is_rc_invariant(pooling):
     with torch.no_grad():
         a, b = m(x), m(tok.rc_tokens(x))
         assert a.abs().max() > 1e-3
+        if pooling != "cls":  # with a conv k-mer stem in front, too
+            ms = DNAClassifier(num_classes=3, backbone="caduceus_ps_tiny", backbone_overrides=TINY, pooling=pooling,
+                               patch_size=4, stem="conv").eval()
+            torch.testing.assert_close(ms(x), ms(tok.rc_tokens(x)), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
         # and the non-RC backbone is not, unless conjoined post hoc (Caduceus-Ph)
         ph = DNAClassifier(num_classes=3, backbone="bimamba_tiny", backbone_overrides=TINY, pooling=pooling).eval()
@@ -239,8 +243,10 @@ def test_rc_embedding_stem_and_heads_properties():
     emb = RCTokenEmbedding(tok.vocab_size, 16, tok.complement_map)
     h = emb(x)
     torch.testing.assert_close(emb(tok.rc_tokens(x)), rc_features(h))
-    stem = RCPatchStem(16, 4, rc=True)
-    torch.testing.assert_close(stem(rc_features(h)), rc_features(stem(h)))
+    for kind in ("patch", "conv"):
+        stem = RCPatchStem(16, 4, rc=True, kind=kind)
+        assert stem(h).shape == (3, 8, 16)
+        torch.testing.assert_close(stem(rc_features(h)), rc_features(stem(h)))
     h = torch.randn(3, 32, 16)
     for pooling in ("mean", "last", "cls"):
         head = SequenceHead(16, 5, pooling, rc=True)
