@@ -100,11 +100,12 @@ def run_one(task: str, files: dict, L: int, args) -> dict:
 
     pl.seed_everything(args.seed, verbose=False)
     batch = max(1, args.batch_tokens // L)
-    steps = max(1, args.token_budget // (batch * L))
+    accum = max(1, -(-args.min_batch_windows // batch))  # windows per optimizer step >= min_batch_windows
+    steps = max(1, args.token_budget // (batch * L * accum))  # optimizer steps
     test_per_label = int(min(args.test_windows, max(args.min_test_windows, args.test_bases // L)))
     dm = FastaDataModule(files, window=L, batch_size=batch, split="region",
                          split_fractions=(1.0 - args.test_fraction, 0.0, args.test_fraction),
-                         train_samples=steps * batch, val_windows=0, test_windows=test_per_label, max_n_fraction=0.1,
+                         train_samples=steps * batch * accum, val_windows=0, test_windows=test_per_label, max_n_fraction=0.1,
                          rc_prob=0.5, cache_dir=args.cache_dir, num_workers=args.num_workers, seed=args.seed)
     overrides = json.loads(args.backbone_overrides) if args.backbone_overrides else None
     model = DNAClassifier(num_classes=len(files), backbone=args.backbone, backbone_overrides=overrides,
@@ -112,6 +113,7 @@ def run_one(task: str, files: dict, L: int, args) -> dict:
                           output_dir=str(Path(args.work_dir) / f"{task}_{L}"))
     trainer = pl.Trainer(accelerator="gpu" if args.device.startswith("cuda") else "cpu", devices=1,
                          precision=args.precision, max_steps=steps, max_epochs=1, limit_val_batches=0,
+                         accumulate_grad_batches=accum,
                          num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, max_time={"seconds": args.max_train_seconds},
                          default_root_dir=args.work_dir)
@@ -124,8 +126,8 @@ def run_one(task: str, files: dict, L: int, args) -> dict:
     test_s = time.time() - t0
     r = model.test_results
     row = {"task": task, "context": L, "accuracy": r["accuracy"], "macro_f1": r["macro_f1"], "mcc": r["mcc"],
-           "test_windows": r["n"], "classes": len(files), "batch": batch, "steps": done, "planned_steps": steps,
-           "train_bases": done * batch * L, "train_s": round(train_s, 1), "test_s": round(test_s, 1),
+           "test_windows": r["n"], "classes": len(files), "batch": batch * accum, "steps": done, "planned_steps": steps,
+           "train_bases": done * batch * accum * L, "train_s": round(train_s, 1), "test_s": round(test_s, 1),
            "params": sum(p.numel() for p in model.parameters())}
     print(json.dumps(row), flush=True)
     del model, trainer, dm
@@ -200,6 +202,8 @@ def main(argv=None) -> int:
                     "patch-size bases (a learned k-mer counter); patch: one linear conv of width = stride = patch-size")
     ap.add_argument("--token-budget", type=int, default=8_000_000, help="training bases per run")
     ap.add_argument("--batch-tokens", type=int, default=16384, help="bases per batch (batch = max(1, this // L))")
+    ap.add_argument("--min-batch-windows", type=int, default=1,
+                    help="accumulate gradients so that each optimizer step sees at least this many windows")
     ap.add_argument("--max-train-seconds", type=int, default=60, help="wall-clock cap on each run's training")
     ap.add_argument("--test-bases", type=int, default=1 << 20, help="test windows per label = test_bases // L ...")
     ap.add_argument("--test-windows", type=int, default=48, help="... at most this many ...")
@@ -233,7 +237,8 @@ def main(argv=None) -> int:
             "versions": versions(), "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
             "model": f"DNAClassifier(backbone={args.backbone}, overrides={args.backbone_overrides}, patch_size={args.patch_size}, stem={args.stem}, "
                      f"pooling=mean, RC-equivariant), lr {args.lr}, AdamW, precision {args.precision}",
-            "budget": f"{args.token_budget:,} training bases per run ({args.batch_tokens:,} per batch), capped at "
+            "budget": f"{args.token_budget:,} training bases per run ({args.batch_tokens:,} per batch, at least "
+                      f"{args.min_batch_windows} windows per optimizer step), capped at "
                       f"{args.max_train_seconds} s of training; region split per record: train on the first "
                       f"{1 - args.test_fraction:.0%}, test on the last {args.test_fraction:.0%} ({args.test_bases:,} bases per label, {args.min_test_windows}-{args.test_windows} windows)"}
     rows, t_all = [], time.time()
