@@ -211,7 +211,7 @@ def main(argv=None) -> int:
     ap.add_argument("--test-fraction", type=float, default=0.25,
                     help="the last fraction of every record is the test region (0.25 fits 2^18 windows in P. knowlesi's "
                          "longest contig; use 0.4 for 2^20)")
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--num-workers", type=int, default=0)
     ap.add_argument("--data-root", default=None, help="read /usr/share/doc/... FASTA paths from a copy under this folder")
