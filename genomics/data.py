@@ -282,8 +282,9 @@ class FastaDataModule(pl.LightningDataModule):
                     f"window {self.window} is longer than every record of label '{label}' (longest: record "
                     f"'{longest[2]}' in {longest[1]}, {longest[0]} bases); lower window")
         self.spans = split_spans(self.sources, self.labels, self.split, self.split_fractions, self.seed)
+        used = {"train": True, "val": self.val_windows > 0, "test": self.test_windows > 0}
         for sname, frac in zip(SPLITS, self.split_fractions):
-            if frac == 0:
+            if frac == 0 or not used.get(sname, True):  # a split with no windows asked of it needs none to fit
                 continue
             for li, label in enumerate(self.labels):
                 if not any(s.label == li and s.n_starts(self.window) > 0 for s in self.spans[sname]):
