@@ -13,9 +13,12 @@ which no training window overlaps. The table (markdown) and the plot (PNG) go to
 
 CPU (the committed table):
     python benchmarks/dna_context_sweep.py --tag cpu
-GPU, long contexts (FASTA files copied to .cache/dna by --stage-data on a machine that has them):
-    python benchmarks/dna_context_sweep.py --device cuda --lengths 1024 16384 262144 --tag gpu \
-        --data-root .cache/dna --patch-size 4 --token-budget 100000000 --max-train-seconds 120
+GPU, long contexts (first copy the FASTA files with ``--stage-data .cache/dna`` on a machine that has them,
+and carry ``.cache/dna`` and the pyfaidx wheel in ``.whl/`` over):
+    pip install --no-index --no-deps .whl/*.whl && pip install --no-deps --no-build-isolation -e .
+    python benchmarks/dna_context_sweep.py --device cuda --tasks species strains --lengths 1024 16384 262144 \
+        --data-root .cache/dna --token-budget 100000000 --batch-tokens 262144 --max-train-seconds 80 \
+        --test-bases 8388608 --tag gpu --out "$OUT"
 """
 from __future__ import annotations
 
