@@ -147,7 +147,7 @@ class _ChunkedScan(torch.autograd.Function):
             t1 = min(l, t0 + T)
             starts.append(h)
             H = _chunk_states(dt[t0:t1], u[t0:t1], A, B[t0:t1], h)
-            ys.append(torch.einsum("tbgen,tbgn->tbge", H, C[t0:t1]))
+            ys.append((H * C[t0:t1, :, :, None, :]).sum(-1))
             h = H[-1].clone()
         ctx.save_for_backward(dt, u, A, B, C, torch.stack(starts))
         ctx.T = T
@@ -172,17 +172,19 @@ class _ChunkedScan(torch.autograd.Function):
             # G_t = dL/dh_t, accumulated backwards in time through h_{t+1} = dA_{t+1} h_t + ...
             G = dy_c[..., None] * C_c[:, :, :, None, :]
             G[-1] += carry
+            G_steps, decay_steps = G.unbind(0), dA_c.unbind(0)  # views made once, not per step
             for t in range(G.shape[0] - 2, -1, -1):
-                G[t].addcmul_(dA_c[t + 1], G[t + 1])
-            carry = dA_c[0] * G[0]
-            H_prev = torch.cat([starts[i][None], H[:-1]])
-            X = G * H_prev * dA_c  # dL/d(dt*A) elementwise
-            GB = torch.einsum("tbgen,tbgn->tbge", G, B_c)
-            ddt[t0:t1] = torch.einsum("tbgen,gen->tbge", X, A) + GB * u_c
+                G_steps[t].addcmul_(decay_steps[t + 1], G_steps[t + 1])
+            carry = decay_steps[0] * G_steps[0]
+            dtu = dt_c * u_c
+            # dA_t * h_{t-1} = h_t - dBu_t: no shifted copy of the states needed
+            X = G * (H - dtu[..., None] * B_c[:, :, :, None, :])  # dL/d(dt*A), elementwise
+            GB = (G * B_c[:, :, :, None, :]).sum(-1)
+            ddt[t0:t1] = (X * A).sum(-1) + GB * u_c
             du[t0:t1] = GB * dt_c
-            dA += torch.einsum("tbgen,tbge->gen", X, dt_c)
-            dB[t0:t1] = torch.einsum("tbgen,tbge->tbgn", G, dt_c * u_c)
-            dC[t0:t1] = torch.einsum("tbgen,tbge->tbgn", H, dy_c)
+            dA += (X * dt_c[..., None]).sum((0, 1))
+            dB[t0:t1] = (G * dtu[..., None]).sum(3)
+            dC[t0:t1] = (H * dy_c[..., None]).sum(3)
         return ddt, du, dA, dB, dC, carry, None
 
 
@@ -191,9 +193,10 @@ def _chunk_states(dt, u, A, B, h, decay=None):
     if decay is None:
         decay = torch.exp(dt[..., None] * A)
     H = (dt * u)[..., None] * B[:, :, :, None, :]
-    H[0].addcmul_(decay[0], h)
+    steps, decay_steps = H.unbind(0), decay.unbind(0)  # views made once, not per step
+    steps[0].addcmul_(decay_steps[0], h)
     for t in range(1, H.shape[0]):
-        H[t].addcmul_(decay[t], H[t - 1])
+        steps[t].addcmul_(decay_steps[t], steps[t - 1])
     return H
 
 
