@@ -109,8 +109,6 @@ class CausalBackbone(_Stack):
         return (out, finals) if return_final_states else out
 
     def allocate_cache(self, batch: int, device=None, dtype=torch.float32) -> BackboneCache:
-        if self.mixer_type != "mamba":
-            raise ConfigError("CausalBackbone.allocate_cache: recurrent decoding needs mixer='mamba'")
         device = device if device is not None else self.norm_f.weight.device
         return BackboneCache([layer.mixer.allocate_cache(batch, device, dtype) for layer in self.layers])
 

@@ -6,13 +6,18 @@ import torch.nn as nn
 
 
 class MambaCache(nn.Module):
-    """One Mamba layer's decoding state: the last d_conv-1 inputs of the conv, and the SSM state (fp32)."""
+    """One Mamba layer's decoding state: the last d_conv-1 inputs of its conv, and its SSM state (fp32).
 
-    def __init__(self, batch: int, d_inner: int, d_conv: int, d_state: int, device=None, dtype=torch.float32):
+    Mamba-1: conv over d_inner channels, state (d_inner, d_state).
+    Mamba-2: conv over (x, B, C) channels, state (nheads, headdim, d_state).
+    """
+
+    def __init__(self, batch: int, conv_channels: int, d_conv: int, ssm_shape: tuple[int, ...], device=None,
+                 dtype=torch.float32):
         super().__init__()
-        self.register_buffer("conv_state", torch.zeros(batch, d_inner, d_conv - 1, device=device, dtype=dtype),
+        self.register_buffer("conv_state", torch.zeros(batch, conv_channels, d_conv - 1, device=device, dtype=dtype),
                              persistent=False)
-        self.register_buffer("ssm_state", torch.zeros(batch, d_inner, d_state, device=device, dtype=torch.float32),
+        self.register_buffer("ssm_state", torch.zeros(batch, *ssm_shape, device=device, dtype=torch.float32),
                              persistent=False)
 
     def reset(self):

@@ -125,7 +125,7 @@ class Mamba(nn.Module):
         return (y, state) if return_final_state else y
 
     def allocate_cache(self, batch: int, device=None, dtype=torch.float32) -> MambaCache:
-        return MambaCache(batch, self.d_inner, self.ssm.d_conv, self.ssm.d_state, device=device, dtype=dtype)
+        return MambaCache(batch, self.d_inner, self.ssm.d_conv, (self.d_inner, self.ssm.d_state), device, dtype)
 
     def step(self, hidden_t, cache: MambaCache):
         """hidden_t (B, d_model) -> (B, d_model), advancing cache by one position."""
@@ -265,4 +265,26 @@ class Mamba2(nn.Module):
                      C.reshape(b, l, self.ngroups, self.d_state), self.D, chunk_size=self.chunk_size,
                      backend=self.backend)
         y = self.norm(y.reshape(b, l, self.d_inner) * F.silu(z))
+        return self.out_proj(y)
+
+    def allocate_cache(self, batch: int, device=None, dtype=torch.float32) -> MambaCache:
+        return MambaCache(batch, self.conv_dim, self.conv_weight.shape[1], (self.nheads, self.headdim, self.d_state),
+                          device, dtype)
+
+    def step(self, hidden_t, cache: MambaCache):
+        """hidden_t (B, d_model) -> (B, d_model), advancing cache by one position (the SSD recurrence)."""
+        b = hidden_t.shape[0]
+        z, xBC, dt = torch.split(self.in_proj(hidden_t), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        xBC = causal_conv1d_step(xBC, cache.conv_state, self.conv_weight, self.conv_bias, "silu")
+        x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        per_group = self.nheads // self.ngroups
+        B = B.float().reshape(b, self.ngroups, self.d_state).repeat_interleave(per_group, dim=1)  # (B, H, N)
+        C = C.float().reshape(b, self.ngroups, self.d_state).repeat_interleave(per_group, dim=1)
+        x = x.float().reshape(b, self.nheads, self.headdim)
+        dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, H)
+        decay = torch.exp(dt * -torch.exp(self.A_log.float()))
+        state = cache.ssm_state
+        state.mul_(decay[..., None, None]).add_((dt[..., None] * x)[..., None] * B[:, :, None, :])
+        y = (state * C[:, :, None, :]).sum(-1) + self.D.float()[:, None] * x
+        y = self.norm(y.reshape(b, self.d_inner).to(hidden_t.dtype) * F.silu(z))
         return self.out_proj(y)

@@ -16,7 +16,7 @@ def close(a, b, tol=1e-5):
     return ((a - b).norm() / max(b.norm().item(), 1e-6)).item() < tol
 
 
-@pytest.mark.parametrize("preset", ["causal_tiny"])
+@pytest.mark.parametrize("preset", ["causal_tiny", "causal_mamba2_tiny"])
 def test_step_matches_parallel_forward(preset):
     model = mv.create_model(preset).eval()
     x = torch.randn(2, 25, model.d_model)
