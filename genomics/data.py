@@ -244,6 +244,7 @@ class FastaDataModule(pl.LightningDataModule):
         self.files = {str(k): [str(p) for p in ([v] if isinstance(v, (str, os.PathLike)) else v)] for k, v in files.items()}
         self.labels = list(self.files)
         self.window, self.batch_size, self.split = int(window), int(batch_size), split
+        self._train_window = None  # set by set_seq_len (sequence-length warmup); None = window
         self.split_fractions = tuple(float(f) for f in split_fractions)
         self.train_samples, self.val_windows, self.test_windows = train_samples, val_windows, test_windows
         self.max_n_fraction, self.rc_prob = float(max_n_fraction), float(rc_prob)
@@ -325,10 +326,18 @@ class FastaDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self._load()
 
+    def set_seq_len(self, length: int) -> None:
+        """Hook of mambaverse.callbacks.SequenceLengthWarmup: the next train_dataloader() yields windows of
+        `length` bases (at most `window`); validation and test windows keep `window`."""
+        if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= self.window:
+            raise GenomicsDataError(f"set_seq_len: length {length!r}; expected an int between 1 and window={self.window}")
+        self._train_window = length
+
     def train_dataset(self) -> RandomWindowDataset:
         self._load()
-        return RandomWindowDataset(self.sources, self.tokenizer, self.spans["train"], self.num_classes, self.window,
-                                   self.train_samples, self.max_n_fraction, self.rc_prob, self.seed)
+        return RandomWindowDataset(self.sources, self.tokenizer, self.spans["train"], self.num_classes,
+                                   self._train_window or self.window, self.train_samples, self.max_n_fraction,
+                                   self.rc_prob, self.seed)
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, ds, shuffle=False) -> DataLoader:

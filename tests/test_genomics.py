@@ -452,3 +452,16 @@ def test_packaged_configs_parse(name, capsys):
         main([sub, "--config", str(cfg), "--print_config"])
     assert e.value.code in (0, None)
     assert "class_path: mambaverse.genomics" in capsys.readouterr().out
+
+
+def test_set_seq_len_shortens_training_windows_only(cache):
+    """The SequenceLengthWarmup hook: train windows follow set_seq_len, validation keeps `window`."""
+    dm = _dm(cache, {"COL": [str(COL)], "lambda": [str(LAMBDA)]}, window=512, batch_size=2)
+    dm.setup("fit")
+    dm.set_seq_len(128)
+    assert next(iter(dm.train_dataloader()))["input_ids"].shape == (2, 128)
+    assert next(iter(dm.val_dataloader()))["input_ids"].shape[1] == 512
+    dm.set_seq_len(512)
+    assert next(iter(dm.train_dataloader()))["input_ids"].shape == (2, 512)
+    with pytest.raises(GenomicsDataError, match="between 1 and window=512"):
+        dm.set_seq_len(1024)
