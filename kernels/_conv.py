@@ -19,35 +19,8 @@ from mambaverse.errors import ShapeError
 
 
 @triton.jit
-def _conv_pre(x_base, s0_base, w_ptr, rows, md, t, l, swd, ss_d,
-              K: tl.constexpr, REV: tl.constexpr, HAS_S0: tl.constexpr,
-              BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
-    for j in tl.static_range(K):
-        p = t - (K - 1) + j
-        inx = (p >= 0) & (p < l)
-        if REV:
-            dp = l - 1 - p
-        else:
-            dp = p
-        v = tl.load(x_base + rows[:, None] * l + dp[None, :], mask=md[:, None] & inx[None, :], other=0.0).to(tl.float32)
-        if HAS_S0:
-            i = p + (K - 1)
-            ins = (p < 0) & (i >= 0)
-            if REV:
-                si = K - 2 - i
-            else:
-                si = i
-            v += tl.load(s0_base + rows[:, None] * ss_d + si[None, :], mask=md[:, None] & ins[None, :], other=0.0).to(tl.float32)
-        wj = tl.load(w_ptr + rows * swd + j, mask=md, other=0.0).to(tl.float32)
-        acc += wj[:, None] * v
-    return acc
-
-
-@triton.jit
-def _conv_fwd_kernel(x_ptr, w_ptr, bias_ptr, s0_ptr, y_ptr, d, l, swd, ss_b, ss_d,
-                     K: tl.constexpr, REV: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_S0: tl.constexpr,
-                     SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+def _conv_offsets(d, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Grid (l block, channel block, batch) -> (batch, channels, channel mask, int64 rows, conv steps t)."""
     pid_l = tl.program_id(0)
     pid_d = tl.program_id(1)
     pb = tl.program_id(2).to(tl.int64)
@@ -55,16 +28,70 @@ def _conv_fwd_kernel(x_ptr, w_ptr, bias_ptr, s0_ptr, y_ptr, d, l, swd, ss_b, ss_
     md = offs_d < d
     rows = offs_d.to(tl.int64)
     t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-    x_base = x_ptr + pb * d * l
-    acc = _conv_pre(x_base, s0_ptr + pb * ss_b, w_ptr, rows, md, t, l, swd, ss_d, K, REV, HAS_S0, BLOCK_D, BLOCK_L)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)[:, None]
-    if SILU:
-        acc = acc * tl.sigmoid(acc)
+    return pb, offs_d, md, rows, t
+
+
+@triton.jit
+def _data_pos(t, l, REV: tl.constexpr):
+    """Conv-order step -> data position (time reversed for reverse=True)."""
     if REV:
         dp = l - 1 - t
     else:
         dp = t
+    return dp
+
+
+@triton.jit
+def _conv_weight(w_ptr, rows, swd, j, md):
+    return tl.load(w_ptr + rows * swd + j, mask=md, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _conv_bias(bias_ptr, offs_d, md):
+    return tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)[:, None]
+
+
+@triton.jit
+def _conv_tap(x_base, s0_base, rows, md, t, l, ss_d, j,
+              K: tl.constexpr, REV: tl.constexpr, HAS_S0: tl.constexpr):
+    """fp32 (BLOCK_D, BLOCK_L) input seen by tap j at conv steps t: x, or initial_state before step 0."""
+    p = t - (K - 1) + j
+    inx = (p >= 0) & (p < l)
+    v = tl.load(x_base + rows[:, None] * l + _data_pos(p, l, REV)[None, :], mask=md[:, None] & inx[None, :], other=0.0).to(tl.float32)
+    if HAS_S0:
+        i = p + (K - 1)
+        ins = (p < 0) & (i >= 0)
+        if REV:
+            si = K - 2 - i
+        else:
+            si = i
+        v += tl.load(s0_base + rows[:, None] * ss_d + si[None, :], mask=md[:, None] & ins[None, :], other=0.0).to(tl.float32)
+    return v
+
+
+@triton.jit
+def _conv_pre(x_base, s0_base, w_ptr, rows, md, t, l, swd, ss_d,
+              K: tl.constexpr, REV: tl.constexpr, HAS_S0: tl.constexpr,
+              BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
+    for j in tl.static_range(K):
+        v = _conv_tap(x_base, s0_base, rows, md, t, l, ss_d, j, K, REV, HAS_S0)
+        acc += _conv_weight(w_ptr, rows, swd, j, md)[:, None] * v
+    return acc
+
+
+@triton.jit
+def _conv_fwd_kernel(x_ptr, w_ptr, bias_ptr, s0_ptr, y_ptr, d, l, swd, ss_b, ss_d,
+                     K: tl.constexpr, REV: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_S0: tl.constexpr,
+                     SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    pb, offs_d, md, rows, t = _conv_offsets(d, BLOCK_D, BLOCK_L)
+    x_base = x_ptr + pb * d * l
+    acc = _conv_pre(x_base, s0_ptr + pb * ss_b, w_ptr, rows, md, t, l, swd, ss_d, K, REV, HAS_S0, BLOCK_D, BLOCK_L)
+    if HAS_BIAS:
+        acc += _conv_bias(bias_ptr, offs_d, md)
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    dp = _data_pos(t, l, REV)
     tl.store(y_ptr + pb * d * l + rows[:, None] * l + dp[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=md[:, None] & (t < l)[None, :])
 
@@ -74,25 +101,16 @@ def _conv_bwd_dpre_kernel(x_ptr, w_ptr, bias_ptr, s0_ptr, dy_ptr, dpre_ptr, dw_p
                           d, l, swd, ss_b, ss_d,
                           K: tl.constexpr, REV: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_S0: tl.constexpr,
                           SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    pid_l = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    pb = tl.program_id(2).to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    md = offs_d < d
-    rows = offs_d.to(tl.int64)
-    t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    pb, offs_d, md, rows, t = _conv_offsets(d, BLOCK_D, BLOCK_L)
     mt = md[:, None] & (t < l)[None, :]
     x_base = x_ptr + pb * d * l
     s0_base = s0_ptr + pb * ss_b
-    if REV:
-        dp = l - 1 - t
-    else:
-        dp = t
+    dp = _data_pos(t, l, REV)
     g = tl.load(dy_ptr + pb * d * l + rows[:, None] * l + dp[None, :], mask=mt, other=0.0).to(tl.float32)
     if SILU:
         pre = _conv_pre(x_base, s0_base, w_ptr, rows, md, t, l, swd, ss_d, K, REV, HAS_S0, BLOCK_D, BLOCK_L)
         if HAS_BIAS:
-            pre += tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)[:, None]
+            pre += _conv_bias(bias_ptr, offs_d, md)
         sg = tl.sigmoid(pre)
         g = g * sg * (1.0 + pre * (1.0 - sg))
     g = tl.where(mt, g, 0.0)
@@ -100,45 +118,21 @@ def _conv_bwd_dpre_kernel(x_ptr, w_ptr, bias_ptr, s0_ptr, dy_ptr, dpre_ptr, dw_p
     if HAS_BIAS:
         tl.atomic_add(dbias_ptr + offs_d, tl.sum(g, 1), mask=md)
     for j in tl.static_range(K):
-        p = t - (K - 1) + j
-        inx = (p >= 0) & (p < l)
-        if REV:
-            pdp = l - 1 - p
-        else:
-            pdp = p
-        v = tl.load(x_base + rows[:, None] * l + pdp[None, :], mask=md[:, None] & inx[None, :], other=0.0).to(tl.float32)
-        if HAS_S0:
-            i = p + (K - 1)
-            ins = (p < 0) & (i >= 0)
-            if REV:
-                si = K - 2 - i
-            else:
-                si = i
-            v += tl.load(s0_base + rows[:, None] * ss_d + si[None, :], mask=md[:, None] & ins[None, :], other=0.0).to(tl.float32)
+        v = _conv_tap(x_base, s0_base, rows, md, t, l, ss_d, j, K, REV, HAS_S0)
         tl.atomic_add(dw_ptr + offs_d * K + j, tl.sum(g * v, 1), mask=md)
 
 
 @triton.jit
 def _conv_bwd_dx_kernel(dpre_ptr, w_ptr, dx_ptr, d, l, swd,
                         K: tl.constexpr, REV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    pid_l = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    pb = tl.program_id(2).to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    md = offs_d < d
-    rows = offs_d.to(tl.int64)
-    t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    pb, offs_d, md, rows, t = _conv_offsets(d, BLOCK_D, BLOCK_L)
     base = pb * d * l + rows[:, None] * l
     acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
     for j in tl.static_range(K):
         q = t + (K - 1) - j
         g = tl.load(dpre_ptr + base + q[None, :], mask=md[:, None] & (q < l)[None, :], other=0.0)
-        wj = tl.load(w_ptr + rows * swd + j, mask=md, other=0.0).to(tl.float32)
-        acc += wj[:, None] * g
-    if REV:
-        dp = l - 1 - t
-    else:
-        dp = t
+        acc += _conv_weight(w_ptr, rows, swd, j, md)[:, None] * g
+    dp = _data_pos(t, l, REV)
     tl.store(dx_ptr + base + dp[None, :], acc.to(dx_ptr.dtype.element_ty), mask=md[:, None] & (t < l)[None, :])
 
 

@@ -66,6 +66,123 @@ def _positions(s, r, l, H, W, MODE: tl.constexpr, REV: tl.constexpr):
     return pp, dp
 
 
+@triton.jit
+def _program_ids(per, FIRST: tl.constexpr):
+    """Grid (channel block, batch, direction * per + segment - FIRST) -> (pid_d, batch, r, r as int64, segment)."""
+    pid_2 = tl.program_id(2)
+    r = pid_2 // per
+    sg = pid_2 % per + FIRST
+    return tl.program_id(0), tl.program_id(1).to(tl.int64), r, r.to(tl.int64), sg
+
+
+@triton.jit
+def _block_offsets(pid_d, d, n, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Channel / state / step offsets and masks of channel block pid_d."""
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    md = offs_d < d
+    rows = offs_d.to(tl.int64)
+    offs_n = tl.arange(0, BLOCK_N)
+    mn = offs_n < n
+    offs_l = tl.arange(0, BLOCK_L)
+    mdn = md[:, None] & mn[None, :]
+    return offs_d, md, rows, offs_n, mn, offs_l, mdn
+
+
+@triton.jit
+def _load_A(A_ptr, rr, sA_r, sA_d, rows, offs_n, mdn):
+    return tl.load(A_ptr + rr * sA_r + rows[:, None] * sA_d + offs_n[None, :], mask=mdn, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _load_dvec(ptr, rr, s_r, offs_d, md, HAS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A per-channel vector (D, delta_bias) in fp32; zeros (never used) when the input is absent."""
+    if HAS:
+        v = tl.load(ptr + rr * s_r + offs_d, mask=md, other=0.0).to(tl.float32)
+    else:
+        v = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    return v
+
+
+@triton.jit
+def _load_state(ptr, off, mdn, HAS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A (BLOCK_D, BLOCK_N) fp32 state (h0 / dhT), or zeros when absent."""
+    if HAS:
+        v = tl.load(ptr + off, mask=mdn, other=0.0).to(tl.float32)
+    else:
+        v = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    return v
+
+
+@triton.jit
+def _row_ptrs(ptr, rr, s_r, pb, s_b, rows, s_d):
+    """(1, BLOCK_D) row pointers of a strided (dir, batch, row, l) tensor; add the step position."""
+    return ptr + rr * s_r + pb * s_b + rows[None, :] * s_d
+
+
+@triton.jit
+def _dense_ptrs(ptr, rr, nb, pb, d, rows, l):
+    """(1, BLOCK_D) row pointers of a contiguous (dir, batch, d, l) tensor (out, dout)."""
+    return ptr + ((rr * nb + pb) * d + rows[None, :]) * l
+
+
+@triton.jit
+def _group_ptrs(ptr, rr, s_r, pb, s_b, g, s_g, offs_n, s_n):
+    """(1, BLOCK_N) pointers of group g of a (dir, batch, group, n, l) tensor (B, C and their grads)."""
+    return ptr + rr * s_r + pb * s_b + g * s_g + offs_n[None, :] * s_n
+
+
+@triton.jit
+def _seg_rows(rr, nseg, sg, nb, pb, d, rows):
+    """Row index of segment sg in the (dir, nseg, batch, d) per-segment buffers."""
+    return ((rr * nseg + sg) * nb + pb) * d + rows
+
+
+@triton.jit
+def _fold_seg(h, A2, S_ptr, sdt_ptr, so, offs_n, n, md, mdn):
+    """Carry h across one whole segment: exp(A * sum dt) h + that segment's E (forward) or Q (backward)."""
+    e = tl.load(S_ptr + so[:, None] * n + offs_n[None, :], mask=mdn, other=0.0)
+    t = tl.load(sdt_ptr + so, mask=md, other=0.0)
+    return tl.exp2(A2 * t[:, None]) * h + e
+
+
+@triton.jit
+def _store_seg(S_ptr, sdt_ptr, so, S, tot, offs_n, n, md, mdn):
+    tl.store(S_ptr + so[:, None] * n + offs_n[None, :], S, mask=mdn)
+    tl.store(sdt_ptr + so, tot, mask=md)
+
+
+@triton.jit
+def _chunk(c, offs_l, md, r, l, H, W, MODE: tl.constexpr, REV: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Steps of chunk c: (s, step mask, parameter / data positions, (step, channel) mask)."""
+    s = c * BLOCK_L + offs_l
+    ml = s < l
+    pp, dp = _positions(s, r, l, H, W, MODE, REV)
+    return s, ml, pp, dp, ml[:, None] & md[None, :]
+
+
+@triton.jit
+def _load_dubc(dt_base, u_base, B_base, C_base, pp, dp, ml, md, mn):
+    """The raw dt, u (step, channel) and B, C (step, state) tiles at positions pp / dp, masked by ml."""
+    mld = ml[:, None] & md[None, :]
+    mln = ml[:, None] & mn[None, :]
+    dt = tl.load(dt_base + pp[:, None], mask=mld, other=0.0)
+    u = tl.load(u_base + dp[:, None], mask=mld, other=0.0)
+    Bt = tl.load(B_base + pp[:, None], mask=mln, other=0.0)
+    Ct = tl.load(C_base + pp[:, None], mask=mln, other=0.0)
+    return dt, u, Bt, Ct
+
+
+@triton.jit
+def _delta(dt, dbv, mask, HAS_DB: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """fp32 dt -> (dt + delta_bias, then softplus and zeroed outside mask); returns both."""
+    if HAS_DB:
+        dt = dt + dbv[None, :]
+    raw = dt
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    return raw, tl.where(mask, dt, 0.0)
+
+
 # ----------------------------------------------------------------------------- tile layout
 # Every (step, channel, state) tile is laid out (BLOCK_L, BLOCK_D, BLOCK_N): Triton's default layout fills
 # the lanes from the last axis, so the channel x state pairs sit on lanes/warps and the BLOCK_L steps of a
@@ -88,47 +205,27 @@ def _scan_fwd_kernel(
     HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_CK: tl.constexpr, CK_EVERY: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1)
-    pid_2 = tl.program_id(2)
-    r = pid_2 // nseg
-    sg = pid_2 % nseg
-    pb = pid_b.to(tl.int64)
-    rr = r.to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    md = offs_d < d
-    rows = offs_d.to(tl.int64)
-    offs_n = tl.arange(0, BLOCK_N)
-    mn = offs_n < n
-    offs_l = tl.arange(0, BLOCK_L)
-    mdn = md[:, None] & mn[None, :]
+    pid_d, pb, r, rr, sg = _program_ids(nseg, 0)
+    offs_d, md, rows, offs_n, mn, offs_l, mdn = _block_offsets(pid_d, d, n, BLOCK_D, BLOCK_N, BLOCK_L)
 
-    A2 = tl.load(A_ptr + rr * sA_r + rows[:, None] * sA_d + offs_n[None, :], mask=mdn, other=0.0).to(tl.float32) * 1.4426950408889634
-    if HAS_D:
-        Dv = tl.load(D_ptr + rr * sD_r + offs_d, mask=md, other=0.0).to(tl.float32)
-    if HAS_DB:
-        dbv = tl.load(db_ptr + rr * sdb_r + offs_d, mask=md, other=0.0).to(tl.float32)
+    A2 = _load_A(A_ptr, rr, sA_r, sA_d, rows, offs_n, mdn) * 1.4426950408889634
+    Dv = _load_dvec(D_ptr, rr, sD_r, offs_d, md, HAS_D, BLOCK_D)
+    dbv = _load_dvec(db_ptr, rr, sdb_r, offs_d, md, HAS_DB, BLOCK_D)
 
     state_off = ((rr * nb + pb) * d + rows[:, None]) * n + offs_n[None, :]
-    if HAS_H0:
-        h = tl.load(h0_ptr + state_off, mask=mdn, other=0.0).to(tl.float32)
-    else:
-        h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    h = _load_state(h0_ptr, state_off, mdn, HAS_H0, BLOCK_D, BLOCK_N)
     # sequence parallelism: the state entering segment sg from the (end state, sum dt) of earlier segments
     for sp in range(0, sg):
-        so = (((rr * nseg + sp) * nb + pb) * d + rows) 
-        e = tl.load(E_ptr + so[:, None] * n + offs_n[None, :], mask=mdn, other=0.0)
-        t = tl.load(sdt_ptr + so, mask=md, other=0.0)
-        h = tl.exp2(A2 * t[:, None]) * h + e
+        h = _fold_seg(h, A2, E_ptr, sdt_ptr, _seg_rows(rr, nseg, sp, nb, pb, d, rows), offs_n, n, md, mdn)
 
-    u_base = u_ptr + rr * su_r + pb * su_b + rows[None, :] * su_d
-    dt_base = dt_ptr + rr * sdt_r + pb * sdt_b + rows[None, :] * sdt_d
-    z_base = z_ptr + rr * sz_r + pb * sz_b + rows[None, :] * sz_d
-    out_base = out_ptr + ((rr * nb + pb) * d + rows[None, :]) * l
+    u_base = _row_ptrs(u_ptr, rr, su_r, pb, su_b, rows, su_d)
+    dt_base = _row_ptrs(dt_ptr, rr, sdt_r, pb, sdt_b, rows, sdt_d)
+    z_base = _row_ptrs(z_ptr, rr, sz_r, pb, sz_b, rows, sz_d)
+    out_base = _dense_ptrs(out_ptr, rr, nb, pb, d, rows, l)
     gB = (pid_d * BLOCK_D) // eB
     gC = (pid_d * BLOCK_D) // eC
-    B_base = B_ptr + rr * sB_r + pb * sB_b + gB * sB_g + offs_n[None, :] * sB_n
-    C_base = C_ptr + rr * sC_r + pb * sC_b + gC * sC_g + offs_n[None, :] * sC_n
+    B_base = _group_ptrs(B_ptr, rr, sB_r, pb, sB_b, gB, sB_g, offs_n, sB_n)
+    C_base = _group_ptrs(C_ptr, rr, sC_r, pb, sC_b, gC, sC_g, offs_n, sC_n)
     ck_base = ck_ptr + ((rr * nb + pb) * nck * d + rows[:, None]) * n + offs_n[None, :]
 
     nchunks = tl.cdiv(l, BLOCK_L)
@@ -138,20 +235,14 @@ def _scan_fwd_kernel(
     s = c0 * BLOCK_L + offs_l
     ml = (s < l) & (c0 < c1)
     pp, dp = _positions(s, r, l, H, W, MODE, REV)
-    dt_n = tl.load(dt_base + pp[:, None], mask=ml[:, None] & md[None, :], other=0.0)
-    u_n = tl.load(u_base + dp[:, None], mask=ml[:, None] & md[None, :], other=0.0)
-    B_n = tl.load(B_base + pp[:, None], mask=ml[:, None] & mn[None, :], other=0.0)
-    C_n = tl.load(C_base + pp[:, None], mask=ml[:, None] & mn[None, :], other=0.0)
+    dt_n, u_n, B_n, C_n = _load_dubc(dt_base, u_base, B_base, C_base, pp, dp, ml, md, mn)
     if HAS_Z:
         z_n = tl.load(z_base + dp[:, None], mask=ml[:, None] & md[None, :], other=0.0)
     for c in range(c0, c1):
         if STORE_CK:
             if c % CK_EVERY == 0:
                 tl.store(ck_base + (c // CK_EVERY) * d * n, h, mask=mdn)
-        s = c * BLOCK_L + offs_l
-        ml = s < l
-        pp, dp = _positions(s, r, l, H, W, MODE, REV)
-        mld = ml[:, None] & md[None, :]
+        s, ml, pp, dp, mld = _chunk(c, offs_l, md, r, l, H, W, MODE, REV, BLOCK_L)
         dt = dt_n.to(tl.float32)
         u = u_n.to(tl.float32)
         Bt = B_n.to(tl.float32)
@@ -161,17 +252,10 @@ def _scan_fwd_kernel(
         sn = s + BLOCK_L
         mlx = (sn < l) & (c + 1 < c1)
         ppn, dpn = _positions(sn, r, l, H, W, MODE, REV)
-        dt_n = tl.load(dt_base + ppn[:, None], mask=mlx[:, None] & md[None, :], other=0.0)
-        u_n = tl.load(u_base + dpn[:, None], mask=mlx[:, None] & md[None, :], other=0.0)
-        B_n = tl.load(B_base + ppn[:, None], mask=mlx[:, None] & mn[None, :], other=0.0)
-        C_n = tl.load(C_base + ppn[:, None], mask=mlx[:, None] & mn[None, :], other=0.0)
+        dt_n, u_n, B_n, C_n = _load_dubc(dt_base, u_base, B_base, C_base, ppn, dpn, mlx, md, mn)
         if HAS_Z:
             z_n = tl.load(z_base + dpn[:, None], mask=mlx[:, None] & md[None, :], other=0.0)
-        if HAS_DB:
-            dt = dt + dbv[None, :]
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        dt = tl.where(mld, dt, 0.0)
+        _, dt = _delta(dt, dbv, mld, HAS_DB, SOFTPLUS)
         dA = tl.exp2(dt[:, :, None] * A2[None, :, :])
         dBu = (dt * u)[:, :, None] * Bt[:, None, :]
         aC, bC = tl.associative_scan((dA, dBu), 0, _combine)
@@ -199,41 +283,21 @@ def _seg_fwd_kernel(
 ):
     """Per segment (all but the last): the end state from a zero start, and the sum of dt, without a scan:
     E = sum_t exp(A (T - cum_t)) dBu_t, chunk by chunk."""
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1)
-    pid_2 = tl.program_id(2)
-    r = pid_2 // (nseg - 1)
-    sg = pid_2 % (nseg - 1)
-    pb = pid_b.to(tl.int64)
-    rr = r.to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    md = offs_d < d
-    rows = offs_d.to(tl.int64)
-    offs_n = tl.arange(0, BLOCK_N)
-    mn = offs_n < n
-    offs_l = tl.arange(0, BLOCK_L)
-    mdn = md[:, None] & mn[None, :]
-    A2 = tl.load(A_ptr + rr * sA_r + rows[:, None] * sA_d + offs_n[None, :], mask=mdn, other=0.0).to(tl.float32) * 1.4426950408889634
-    if HAS_DB:
-        dbv = tl.load(db_ptr + rr * sdb_r + offs_d, mask=md, other=0.0).to(tl.float32)
-    u_base = u_ptr + rr * su_r + pb * su_b + rows[None, :] * su_d
-    dt_base = dt_ptr + rr * sdt_r + pb * sdt_b + rows[None, :] * sdt_d
+    pid_d, pb, r, rr, sg = _program_ids(nseg - 1, 0)
+    offs_d, md, rows, offs_n, mn, offs_l, mdn = _block_offsets(pid_d, d, n, BLOCK_D, BLOCK_N, BLOCK_L)
+    A2 = _load_A(A_ptr, rr, sA_r, sA_d, rows, offs_n, mdn) * 1.4426950408889634
+    dbv = _load_dvec(db_ptr, rr, sdb_r, offs_d, md, HAS_DB, BLOCK_D)
+    u_base = _row_ptrs(u_ptr, rr, su_r, pb, su_b, rows, su_d)
+    dt_base = _row_ptrs(dt_ptr, rr, sdt_r, pb, sdt_b, rows, sdt_d)
     gB = (pid_d * BLOCK_D) // eB
-    B_base = B_ptr + rr * sB_r + pb * sB_b + gB * sB_g + offs_n[None, :] * sB_n
+    B_base = _group_ptrs(B_ptr, rr, sB_r, pb, sB_b, gB, sB_g, offs_n, sB_n)
     E = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     tot = tl.zeros((BLOCK_D,), dtype=tl.float32)
     c0 = sg * seg_chunks
     for c in range(c0, c0 + seg_chunks):
-        s = c * BLOCK_L + offs_l
-        ml = s < l
-        pp, dp = _positions(s, r, l, H, W, MODE, REV)
-        mld = ml[:, None] & md[None, :]
+        s, ml, pp, dp, mld = _chunk(c, offs_l, md, r, l, H, W, MODE, REV, BLOCK_L)
         dt = tl.load(dt_base + pp[:, None], mask=mld, other=0.0).to(tl.float32)
-        if HAS_DB:
-            dt = dt + dbv[None, :]
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        dt = tl.where(mld, dt, 0.0)
+        _, dt = _delta(dt, dbv, mld, HAS_DB, SOFTPLUS)
         u = tl.load(u_base + dp[:, None], mask=mld, other=0.0).to(tl.float32)
         Bt = tl.load(B_base + pp[:, None], mask=ml[:, None] & mn[None, :], other=0.0).to(tl.float32)
         cum = tl.cumsum(dt, 0)
@@ -241,9 +305,7 @@ def _seg_fwd_kernel(
         w = tl.exp2(A2[None, :, :] * (ct[None, :] - cum)[:, :, None])
         E = E * tl.exp2(A2 * ct[:, None]) + tl.sum(w * ((dt * u)[:, :, None] * Bt[:, None, :]), 0)
         tot += ct
-    so = ((rr * nseg + sg) * nb + pb) * d + rows
-    tl.store(E_ptr + so[:, None] * n + offs_n[None, :], E, mask=mdn)
-    tl.store(sdt_ptr + so, tot, mask=md)
+    _store_seg(E_ptr, sdt_ptr, _seg_rows(rr, nseg, sg, nb, pb, d, rows), E, tot, offs_n, n, md, mdn)
 
 
 # ----------------------------------------------------------------------------- backward
@@ -257,42 +319,22 @@ def _seg_bwd_kernel(
 ):
     """Per segment (all but the first): the adjoint leaving its start with nothing coming in from later,
     Q = sum_t exp(A cum_t) dy_t C_t (cum_t inclusive from the segment start), and the sum of dt."""
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1)
-    pid_2 = tl.program_id(2)
-    r = pid_2 // (nseg - 1)
-    sg = pid_2 % (nseg - 1) + 1
-    pb = pid_b.to(tl.int64)
-    rr = r.to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    md = offs_d < d
-    rows = offs_d.to(tl.int64)
-    offs_n = tl.arange(0, BLOCK_N)
-    mn = offs_n < n
-    offs_l = tl.arange(0, BLOCK_L)
-    mdn = md[:, None] & mn[None, :]
-    A2 = tl.load(A_ptr + rr * sA_r + rows[:, None] * sA_d + offs_n[None, :], mask=mdn, other=0.0).to(tl.float32) * 1.4426950408889634
-    if HAS_DB:
-        dbv = tl.load(db_ptr + rr * sdb_r + offs_d, mask=md, other=0.0).to(tl.float32)
-    dt_base = dt_ptr + rr * sdt_r + pb * sdt_b + rows[None, :] * sdt_d
-    z_base = z_ptr + rr * sz_r + pb * sz_b + rows[None, :] * sz_d
-    do_base = dout_ptr + ((rr * nb + pb) * d + rows[None, :]) * l
+    pid_d, pb, r, rr, sg = _program_ids(nseg - 1, 1)
+    offs_d, md, rows, offs_n, mn, offs_l, mdn = _block_offsets(pid_d, d, n, BLOCK_D, BLOCK_N, BLOCK_L)
+    A2 = _load_A(A_ptr, rr, sA_r, sA_d, rows, offs_n, mdn) * 1.4426950408889634
+    dbv = _load_dvec(db_ptr, rr, sdb_r, offs_d, md, HAS_DB, BLOCK_D)
+    dt_base = _row_ptrs(dt_ptr, rr, sdt_r, pb, sdt_b, rows, sdt_d)
+    z_base = _row_ptrs(z_ptr, rr, sz_r, pb, sz_b, rows, sz_d)
+    do_base = _dense_ptrs(dout_ptr, rr, nb, pb, d, rows, l)
     gC = (pid_d * BLOCK_D) // eC
-    C_base = C_ptr + rr * sC_r + pb * sC_b + gC * sC_g + offs_n[None, :] * sC_n
+    C_base = _group_ptrs(C_ptr, rr, sC_r, pb, sC_b, gC, sC_g, offs_n, sC_n)
     Q = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     tot = tl.zeros((BLOCK_D,), dtype=tl.float32)
     c0 = sg * seg_chunks
     for c in range(c0, c0 + seg_chunks):
-        s = c * BLOCK_L + offs_l
-        ml = s < l
-        pp, dp = _positions(s, r, l, H, W, MODE, REV)
-        mld = ml[:, None] & md[None, :]
+        s, ml, pp, dp, mld = _chunk(c, offs_l, md, r, l, H, W, MODE, REV, BLOCK_L)
         dt = tl.load(dt_base + pp[:, None], mask=mld, other=0.0).to(tl.float32)
-        if HAS_DB:
-            dt = dt + dbv[None, :]
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        dt = tl.where(mld, dt, 0.0)
+        _, dt = _delta(dt, dbv, mld, HAS_DB, SOFTPLUS)
         dy = tl.load(do_base + dp[:, None], mask=mld, other=0.0).to(tl.float32)
         if HAS_Z:
             zz = tl.load(z_base + dp[:, None], mask=mld, other=0.0).to(tl.float32)
@@ -302,9 +344,7 @@ def _seg_bwd_kernel(
         w = tl.exp2(A2[None, :, :] * cum[:, :, None])
         Q += tl.sum(w * (dy[:, :, None] * Ct[:, None, :]), 0)
         tot += tl.sum(dt, 0)
-    so = ((rr * nseg + sg) * nb + pb) * d + rows
-    tl.store(Q_ptr + so[:, None] * n + offs_n[None, :], Q, mask=mdn)
-    tl.store(sdt_ptr + so, tot, mask=md)
+    _store_seg(Q_ptr, sdt_ptr, _seg_rows(rr, nseg, sg, nb, pb, d, rows), Q, tot, offs_n, n, md, mdn)
 
 
 @triton.jit
@@ -322,57 +362,37 @@ def _scan_bwd_kernel(
     HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, DIAG: tl.constexpr = 0,
 ):
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1)
-    pid_2 = tl.program_id(2)
-    r = pid_2 // nseg
-    sg = pid_2 % nseg
-    pb = pid_b.to(tl.int64)
-    rr = r.to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    md = offs_d < d
-    rows = offs_d.to(tl.int64)
-    offs_n = tl.arange(0, BLOCK_N)
-    mn = offs_n < n
-    offs_l = tl.arange(0, BLOCK_L)
-    mdn = md[:, None] & mn[None, :]
+    pid_d, pb, r, rr, sg = _program_ids(nseg, 0)
+    offs_d, md, rows, offs_n, mn, offs_l, mdn = _block_offsets(pid_d, d, n, BLOCK_D, BLOCK_N, BLOCK_L)
 
-    A = tl.load(A_ptr + rr * sA_r + rows[:, None] * sA_d + offs_n[None, :], mask=mdn, other=0.0).to(tl.float32)
+    A = _load_A(A_ptr, rr, sA_r, sA_d, rows, offs_n, mdn)
     A2 = A * 1.4426950408889634
-    if HAS_D:
-        Dv = tl.load(D_ptr + rr * sD_r + offs_d, mask=md, other=0.0).to(tl.float32)
-    if HAS_DB:
-        dbv = tl.load(db_ptr + rr * sdb_r + offs_d, mask=md, other=0.0).to(tl.float32)
+    Dv = _load_dvec(D_ptr, rr, sD_r, offs_d, md, HAS_D, BLOCK_D)
+    dbv = _load_dvec(db_ptr, rr, sdb_r, offs_d, md, HAS_DB, BLOCK_D)
 
     state_off = ((rr * nb + pb) * d + rows[:, None]) * n + offs_n[None, :]
-    if HAS_DHT:
-        gcar = tl.load(dhT_ptr + state_off, mask=mdn, other=0.0).to(tl.float32)
-    else:
-        gcar = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    gcar = _load_state(dhT_ptr, state_off, mdn, HAS_DHT, BLOCK_D, BLOCK_N)
     # sequence parallelism: the adjoint entering the end of segment sg from the later segments
     for si in range(0, nseg - 1 - sg):
         sp = nseg - 1 - si
-        so = ((rr * nseg + sp) * nb + pb) * d + rows
-        q = tl.load(Q_ptr + so[:, None] * n + offs_n[None, :], mask=mdn, other=0.0)
-        t = tl.load(sdtq_ptr + so, mask=md, other=0.0)
-        gcar = tl.exp2(A2 * t[:, None]) * gcar + q
+        gcar = _fold_seg(gcar, A2, Q_ptr, sdtq_ptr, _seg_rows(rr, nseg, sp, nb, pb, d, rows), offs_n, n, md, mdn)
     dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     ddb_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
 
-    u_base = u_ptr + rr * su_r + pb * su_b + rows[None, :] * su_d
-    dt_base = dt_ptr + rr * sdt_r + pb * sdt_b + rows[None, :] * sdt_d
-    z_base = z_ptr + rr * sz_r + pb * sz_b + rows[None, :] * sz_d
-    do_base = dout_ptr + ((rr * nb + pb) * d + rows[None, :]) * l
-    du_base = du_ptr + rr * sdu_r + pb * sdu_b + rows[None, :] * sdu_d
-    ddt_base = ddt_ptr + rr * sddt_r + pb * sddt_b + rows[None, :] * sddt_d
-    dz_base = dz_ptr + rr * sdz_r + pb * sdz_b + rows[None, :] * sdz_d
+    u_base = _row_ptrs(u_ptr, rr, su_r, pb, su_b, rows, su_d)
+    dt_base = _row_ptrs(dt_ptr, rr, sdt_r, pb, sdt_b, rows, sdt_d)
+    z_base = _row_ptrs(z_ptr, rr, sz_r, pb, sz_b, rows, sz_d)
+    do_base = _dense_ptrs(dout_ptr, rr, nb, pb, d, rows, l)
+    du_base = _row_ptrs(du_ptr, rr, sdu_r, pb, sdu_b, rows, sdu_d)
+    ddt_base = _row_ptrs(ddt_ptr, rr, sddt_r, pb, sddt_b, rows, sddt_d)
+    dz_base = _row_ptrs(dz_ptr, rr, sdz_r, pb, sdz_b, rows, sdz_d)
     gB = (pid_d * BLOCK_D) // eB
     gC = (pid_d * BLOCK_D) // eC
-    B_base = B_ptr + rr * sB_r + pb * sB_b + gB * sB_g + offs_n[None, :] * sB_n
-    C_base = C_ptr + rr * sC_r + pb * sC_b + gC * sC_g + offs_n[None, :] * sC_n
-    dB_base = dB_ptr + rr * sdB_r + pb * sdB_b + gB * sdB_g + offs_n[None, :] * sdB_n
-    dC_base = dC_ptr + rr * sdC_r + pb * sdC_b + gC * sdC_g + offs_n[None, :] * sdC_n
+    B_base = _group_ptrs(B_ptr, rr, sB_r, pb, sB_b, gB, sB_g, offs_n, sB_n)
+    C_base = _group_ptrs(C_ptr, rr, sC_r, pb, sC_b, gC, sC_g, offs_n, sC_n)
+    dB_base = _group_ptrs(dB_ptr, rr, sdB_r, pb, sdB_b, gB, sdB_g, offs_n, sdB_n)
+    dC_base = _group_ptrs(dC_ptr, rr, sdC_r, pb, sdC_b, gC, sdC_g, offs_n, sdC_n)
     ck_base = ck_ptr + ((rr * nb + pb) * nck * d + rows[:, None]) * n + offs_n[None, :]
 
     c0 = sg * seg_chunks
@@ -385,21 +405,15 @@ def _scan_bwd_kernel(
     pp, dp = _positions(s, r, l, H, W, MODE, REV)
     pp1_0, dp1_0 = _positions(s + 1, r, l, H, W, MODE, REV)
     h_n = tl.load(ck_base + c * d * n, mask=mdn & (c >= c0), other=0.0)
-    dt_n = tl.load(dt_base + pp[:, None], mask=ml[:, None] & md[None, :], other=0.0)
+    dt_n, u_n, B_n, C_n = _load_dubc(dt_base, u_base, B_base, C_base, pp, dp, ml, md, mn)
     dt1_n = tl.load(dt_base + pp1_0[:, None], mask=m1_0[:, None] & md[None, :], other=0.0)
-    u_n = tl.load(u_base + dp[:, None], mask=ml[:, None] & md[None, :], other=0.0)
-    B_n = tl.load(B_base + pp[:, None], mask=ml[:, None] & mn[None, :], other=0.0)
-    C_n = tl.load(C_base + pp[:, None], mask=ml[:, None] & mn[None, :], other=0.0)
     do_n = tl.load(do_base + dp[:, None], mask=ml[:, None] & md[None, :], other=0.0)
     if HAS_Z:
         z_n = tl.load(z_base + dp[:, None], mask=ml[:, None] & md[None, :], other=0.0)
     for ci in range(0, c1 - c0):
         c = c1 - 1 - ci
         h = h_n
-        s = c * BLOCK_L + offs_l
-        ml = s < l
-        pp, dp = _positions(s, r, l, H, W, MODE, REV)
-        mld = ml[:, None] & md[None, :]
+        s, ml, pp, dp, mld = _chunk(c, offs_l, md, r, l, H, W, MODE, REV, BLOCK_L)
         mln = ml[:, None] & mn[None, :]
         s1 = s + 1
         m1 = (s1 < l)[:, None] & md[None, :]
@@ -418,21 +432,12 @@ def _scan_bwd_kernel(
         ppp1, dpp1 = _positions(sp + 1, r, l, H, W, MODE, REV)
         h_n = tl.load(ck_base + cp * d * n, mask=mdn & (cp >= c0), other=0.0)
         mpd = mlp[:, None] & md[None, :]
-        dt_n = tl.load(dt_base + ppp[:, None], mask=mpd, other=0.0)
+        dt_n, u_n, B_n, C_n = _load_dubc(dt_base, u_base, B_base, C_base, ppp, dpp, mlp, md, mn)
         dt1_n = tl.load(dt_base + ppp1[:, None], mask=mpd, other=0.0)  # sp + 1 <= s - 1 < l
-        u_n = tl.load(u_base + dpp[:, None], mask=mpd, other=0.0)
-        B_n = tl.load(B_base + ppp[:, None], mask=mlp[:, None] & mn[None, :], other=0.0)
-        C_n = tl.load(C_base + ppp[:, None], mask=mlp[:, None] & mn[None, :], other=0.0)
         do_n = tl.load(do_base + dpp[:, None], mask=mpd, other=0.0)
         if HAS_Z:
             z_n = tl.load(z_base + dpp[:, None], mask=mpd, other=0.0)
-        if HAS_DB:
-            dt_raw = dt_raw + dbv[None, :]
-        if SOFTPLUS:
-            dt = _softplus(dt_raw)
-        else:
-            dt = dt_raw
-        dt = tl.where(mld, dt, 0.0)
+        dt_raw, dt = _delta(dt_raw, dbv, mld, HAS_DB, SOFTPLUS)
         dA = tl.exp2(dt[:, :, None] * A2[None, :, :])
         dtu = dt * u
         dBu = dtu[:, :, None] * Bt[:, None, :]
@@ -449,11 +454,7 @@ def _scan_bwd_kernel(
         else:
             dy = do
         # a_{s+1}: the decay of the next step (1 past the end of the sequence)
-        if HAS_DB:
-            dt1 = dt1 + dbv[None, :]
-        if SOFTPLUS:
-            dt1 = _softplus(dt1)
-        dt1 = tl.where(m1, dt1, 0.0)
+        _, dt1 = _delta(dt1, dbv, m1, HAS_DB, SOFTPLUS)
         a1 = tl.exp2(dt1[:, :, None] * A2[None, :, :])
         cc = dy[:, :, None] * Ct[:, None, :]
         cc = cc + tl.where(offs_l[:, None, None] == BLOCK_L - 1, gcar[None, :, :], 0.0)
@@ -486,7 +487,7 @@ def _scan_bwd_kernel(
         tl.store(ddt_base + pp[:, None], ddt.to(ddt_ptr.dtype.element_ty), mask=mld)
         tl.store(du_base + dp[:, None], du.to(du_ptr.dtype.element_ty), mask=mld)
 
-    part = ((rr * nseg + sg) * nb + pb) * d + rows
+    part = _seg_rows(rr, nseg, sg, nb, pb, d, rows)
     tl.store(dA_ptr + part[:, None] * n + offs_n[None, :], dA_acc, mask=mdn)
     if HAS_D:
         tl.store(dD_ptr + part, dD_acc, mask=md)
