@@ -1,6 +1,7 @@
 """save_pretrained / from_pretrained: safetensors weights + a YAML config, no pickle anywhere."""
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
 from pathlib import Path
@@ -66,10 +67,24 @@ def from_pretrained(directory, **overrides) -> nn.Module:
     config = dict(config)
     cls = get_builder(config.pop("builder"))
     preset_name = config.pop("preset", None)
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(config) - accepted)
+    if unknown:
+        raise ConfigError(f"from_pretrained: {config_path} has unknown key(s) {unknown} for {cls.__name__}; "
+                          f"expected some of {sorted(accepted)}")
+    unknown = sorted(set(overrides) - accepted)
+    if unknown:
+        raise ConfigError(f"from_pretrained: unknown override(s) {unknown} for {cls.__name__}; "
+                          f"expected some of {sorted(accepted)}")
     model = cls(**{**config, **overrides})
     if preset_name:
         model.config["preset"] = preset_name
-    missing, unexpected = model.load_state_dict(load_file(str(weights_path)), strict=False)
+    try:
+        weights = load_file(str(weights_path))
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except Exception as err:  # a truncated or foreign file, or tensors of other shapes
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"from_pretrained: {weights_path} cannot be loaded into {cls.__name__} ({first[:200]})") from None
     if missing or unexpected:
         raise ConfigError(f"from_pretrained: {weights_path} does not match the config: missing {missing[:3]}, "
                           f"unexpected {unexpected[:3]}")

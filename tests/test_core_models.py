@@ -161,6 +161,22 @@ def test_from_pretrained_refuses_unknown_builders_and_bad_files(tmp_path):
         mv.from_pretrained(tmp_path / "nowhere")
 
 
+def test_from_pretrained_names_bad_keys_overrides_and_weights(tmp_path):
+    mv.save_pretrained(mv.create_model("causal_tiny"), tmp_path)
+    with pytest.raises(mv.ConfigError, match=r"unknown override\(s\) \['widht'\]"):
+        mv.from_pretrained(tmp_path, widht=3)
+    with pytest.raises(mv.ConfigError, match="model.safetensors cannot be loaded"):
+        mv.from_pretrained(tmp_path, d_model=32)  # weights of another width
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(mv.ConfigError, match="model.safetensors cannot be loaded") as info:
+        mv.from_pretrained(tmp_path)
+    assert "\n" not in str(info.value)
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**config, "colour": "red"}))
+    with pytest.raises(mv.ConfigError, match=r"unknown key\(s\) \['colour'\]"):
+        mv.from_pretrained(tmp_path)
+
+
 def test_registry_lists_filters_and_rejects():
     assert {"causal_tiny", "bimamba_tiny", "caduceus_ps_tiny", "vim_tiny", "vmamba_tiny"} <= set(mv.list_models())
     assert mv.list_models("vim*") == sorted(n for n in mv.list_models() if n.startswith("vim"))
