@@ -189,3 +189,12 @@ def test_ssd_chunked_matches_naive(l, chunk, g, with_state, seed):
     assert rel_err(y1, y0) < 1e-5 and rel_err(s1, s0) < 1e-5
     for a, ref in zip(g1, g0):
         assert rel_err(a, ref) < 1e-4
+
+
+def test_conv_and_ssd_refuse_integer_inputs_instead_of_truncating():
+    with pytest.raises(ShapeError, match="causal_conv1d: x has dtype torch.int64"):
+        causal_conv1d(torch.zeros(1, 4, 8, dtype=torch.long), torch.randn(4, 3))
+    with pytest.raises(ShapeError, match="ssd_scan: x has dtype torch.int64"):
+        from mambaverse import ssd_scan
+        ssd_scan(torch.zeros(1, 4, 2, 3, dtype=torch.long), torch.rand(1, 4, 2), -torch.rand(2),
+                 torch.randn(1, 4, 1, 5), torch.randn(1, 4, 1, 5))

@@ -17,6 +17,9 @@ _ACTIVATIONS = (None, "silu")
 
 
 def _check(x, weight, bias, activation, initial_state):
+    for name, t in (("x", x), ("weight", weight), ("bias", bias), ("initial_state", initial_state)):
+        if t is not None and not t.is_floating_point():
+            raise ShapeError(f"causal_conv1d: {name} has dtype {t.dtype}, expected a floating dtype")
     if x.dim() != 3:
         raise ShapeError(f"causal_conv1d: x has shape {tuple(x.shape)}, expected (b, d, l)")
     b, d, _ = x.shape

@@ -14,6 +14,9 @@ from ..errors import BackendUnavailableError, ShapeError
 
 
 def _check(x, dt, A, B, C, initial_state):
+    for name, t in (("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("initial_state", initial_state)):
+        if t is not None and not t.is_floating_point():
+            raise ShapeError(f"ssd_scan: {name} has dtype {t.dtype}, expected a floating dtype")
     if x.dim() != 4:
         raise ShapeError(f"ssd_scan: x has shape {tuple(x.shape)}, expected (b, l, h, p)")
     b, l, h, p = x.shape
