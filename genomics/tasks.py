@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 from pathlib import Path
 from typing import Literal
 
@@ -44,8 +45,13 @@ def load_pretrained_weights(module: nn.Module, path: str) -> list[str]:
 
         state = {f"backbone.{k}": v for k, v in from_pretrained(p).state_dict().items()}
     else:
+        # weights_only=True: a checkpoint is untrusted input, and a full unpickle runs whatever code it names
         try:
-            ckpt = torch.load(p, map_location="cpu", weights_only=False)
+            ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:160]
+            raise GenomicsDataError(f"pretrained_ckpt: {p} holds objects other than tensors and plain containers, which "
+                                    f"are refused unread ({first}); expected a Lightning .ckpt or a save_pretrained folder") from None
         except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
             raise GenomicsDataError(f"pretrained_ckpt: cannot read {p} ({type(exc).__name__}); expected a Lightning .ckpt") from None
         state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
