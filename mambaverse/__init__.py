@@ -5,14 +5,25 @@ from .errors import BackendUnavailableError, ConfigError, MambaverseError, Shape
 from .mixers import BidirectionalMamba, Mamba, Mamba2
 from .ops import bidirectional_scan, causal_conv1d, cross_merge, cross_scan, cross_selective_scan, selective_scan
 from .ops.ssd import ssd_scan
-from .patch_scan import VimBackbone, VMambaBackbone
 from .persistence import from_pretrained, save_pretrained
-from .registry import create_model, list_models, register_model
+from .pretrained import MambaLM
+from .registry import create_model, get_builder, list_models, register_model
 
 __version__ = "0.1.0"
+_MOVED_TO_DOMAINS = ("VimBackbone", "VMambaBackbone")  # now in mambaverse.vision
+
+
+def __getattr__(name):
+    """Builders that moved to a domain package stay reachable as ``mambaverse.<name>``, found through the
+    registry's plugin entry points (the core never imports a domain by name)."""
+    if name in _MOVED_TO_DOMAINS:
+        return get_builder(name)
+    raise AttributeError(f"module 'mambaverse' has no attribute {name!r}")
+
+
 __all__ = [
     "BackendUnavailableError", "BidirectionalBackbone", "BidirectionalMamba", "CausalBackbone", "ConfigError",
-    "Mamba", "Mamba2", "MambaverseError", "RCPSBackbone", "ShapeError", "VMambaBackbone", "VimBackbone",
+    "Mamba", "Mamba2", "MambaLM", "MambaverseError", "RCPSBackbone", "ShapeError",
     "bidirectional_scan", "causal_conv1d", "create_model", "cross_merge", "cross_scan", "cross_selective_scan",
-    "from_pretrained", "list_models", "register_model", "save_pretrained", "selective_scan", "ssd_scan",
+    "from_pretrained", "get_builder", "list_models", "register_model", "save_pretrained", "selective_scan", "ssd_scan",
 ]

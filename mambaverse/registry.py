@@ -4,21 +4,30 @@ A builder is a model class whose constructor takes every hyperparameter explicit
 the arguments of each instance in `model.config` so that it can be saved and rebuilt. A preset is a
 function `(**overrides) -> model` registered by `@register_model(name)`; configuration never hides in
 the name.
+
+Domain packages (genomics, audio, vision, or a third-party package) register their presets and builders
+when imported. The registry never imports a domain by name: it loads the modules declared under the
+entry-point group ``mambaverse.plugins`` (``[project.entry-points."mambaverse.plugins"]`` in a
+package's pyproject.toml, ``name = "package.module"``), and only on demand -- when a preset or builder
+name is unknown, or when ``list_models()`` is called. ``create_model("causal_tiny")`` therefore imports
+no domain (and none of Lightning, scikit-learn, pyfaidx or timm).
 """
 from __future__ import annotations
 
 import fnmatch
 import functools
-import importlib
 import inspect
+from importlib.metadata import EntryPoint, distributions
 from typing import Callable
 
 from .errors import ConfigError
 
+PLUGIN_GROUP = "mambaverse.plugins"
+
 _BUILDERS: dict[str, type] = {}
 _PRESETS: dict[str, Callable] = {}
-_PLUGIN_PACKAGES = ("mambaverse.genomics", "mambaverse.audio", "mambaverse.vision")
 _plugins_loaded = False
+_plugin_errors: dict[str, str] = {}
 
 
 def builder(cls):
@@ -43,9 +52,15 @@ def builder(cls):
 
 
 def get_builder(name: str) -> type:
-    _load_plugins()
+    """The ``@builder`` class called ``name`` (e.g. ``"CausalBackbone"``).
+
+    Raises:
+        ConfigError: no installed package registers a builder of that name.
+    """
     if name not in _BUILDERS:
-        raise ConfigError(f"unknown builder {name!r}; expected one of {sorted(_BUILDERS)}")
+        load_plugins()
+    if name not in _BUILDERS:
+        raise ConfigError(f"unknown builder {name!r}; expected one of {sorted(_BUILDERS)}{_failed_plugins()}")
     return _BUILDERS[name]
 
 
@@ -61,32 +76,74 @@ def register_model(name: str):
     return decorate
 
 
-def _load_plugins():
-    """Domain packages register their own presets when imported; import those that are installed."""
+def declared_entry_points(group: str) -> dict[str, EntryPoint]:
+    """``{name: EntryPoint}`` declared under ``group`` by the installed distributions; nothing is imported.
+
+    Every copy of a distribution's metadata on ``sys.path`` is read, the first one winning per name:
+    ``importlib.metadata.entry_points`` keeps only the first copy of each distribution, so a stale
+    ``*.egg-info`` left in the working directory by an older install would hide newly declared entry points.
+    """
+    found: dict[str, EntryPoint] = {}
+    for dist in distributions():
+        for ep in dist.entry_points:
+            if ep.group == group:
+                found.setdefault(ep.name, ep)
+    return found
+
+
+def load_plugins() -> dict[str, str]:
+    """Import every module declared under the ``mambaverse.plugins`` entry-point group, once.
+
+    A plugin that fails to import (a missing optional dependency) is skipped; its error is kept and
+    named in the message of a later unknown-name error. Returns ``{plugin name: error}`` of the failures.
+    """
     global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    for package in _PLUGIN_PACKAGES:
-        try:
-            importlib.import_module(package)
-        except ImportError:
-            pass
+    if not _plugins_loaded:
+        _plugins_loaded = True
+        for ep in declared_entry_points(PLUGIN_GROUP).values():
+            try:
+                ep.load()
+            except ImportError as err:
+                _plugin_errors[ep.name] = f"{type(err).__name__}: {err}"
+    return dict(_plugin_errors)
+
+
+def _failed_plugins() -> str:
+    if not _plugin_errors:
+        return ""
+    return "; plugins that failed to load: " + ", ".join(f"{k} ({v})" for k, v in sorted(_plugin_errors.items()))
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    _load_plugins()
+    """Sorted names of the registered presets matching the glob ``pattern``; loads the domain plugins."""
+    load_plugins()
     return sorted(name for name in _PRESETS if fnmatch.fnmatch(name, pattern))
 
 
-def create_model(name: str, **overrides):
-    """Build preset `name`, with any hyperparameter overridden by keyword."""
-    _load_plugins()
+def get_preset(name: str) -> Callable:
+    """The preset function ``(**overrides) -> nn.Module`` registered as ``name``; its ``__doc__`` describes it.
+
+    Raises:
+        ConfigError: no installed package registers a preset of that name.
+    """
+    if name not in _PRESETS:
+        load_plugins()
     if name not in _PRESETS:
         close = fnmatch.filter(_PRESETS, f"*{name.split('_')[0]}*")
         raise ConfigError(f"unknown model preset {name!r}; expected one of {sorted(_PRESETS)}"
-                          + (f" (similar: {sorted(close)})" if close else ""))
-    preset = _PRESETS[name]
+                          + (f" (similar: {sorted(close)})" if close else "") + _failed_plugins())
+    return _PRESETS[name]
+
+
+def create_model(name: str, **overrides):
+    """Build preset ``name``, with any hyperparameter overridden by keyword.
+
+    Domain plugins are imported only if ``name`` is not a core preset.
+
+    Raises:
+        ConfigError: unknown preset name, or an override that the preset's builder does not take.
+    """
+    preset = get_preset(name)
     accepted = inspect.signature(get_builder(preset.builder_name).__init__).parameters if hasattr(preset, "builder_name") else None
     if accepted is not None:
         unknown = sorted(set(overrides) - set(accepted) - {"self"})
