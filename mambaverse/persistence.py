@@ -1,8 +1,17 @@
-"""save_pretrained / from_pretrained: safetensors weights + a YAML config, no pickle anywhere."""
+"""save_pretrained / from_pretrained: the hub's folder layout (config.json + model.safetensors), no pickle.
+
+``save_pretrained`` writes ``config.json`` (our builder name and its arguments, plus ``model_type`` and
+``architectures`` as the hub expects) and ``model.safetensors``, as a set: both are written under temporary
+names first and renamed only when both are complete. ``from_pretrained`` reads such folders, the older ones
+with ``config.yaml``, and (through :mod:`mambaverse.pretrained.convert`) mamba-ssm, transformers and Caduceus
+checkpoints, recognised by their config.json.
+"""
 from __future__ import annotations
 
 import inspect
+import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,20 +20,10 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from .errors import ConfigError
+from .pretrained import lm as _lm  # noqa: F401  (registers the MambaLM builder that conversions build)
 from .registry import get_builder
 
-WEIGHTS, CONFIG = "model.safetensors", "config.yaml"
-
-
-def _atomic(path: Path, write):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+WEIGHTS, CONFIG, LEGACY_CONFIG = "model.safetensors", "config.json", "config.yaml"
 
 
 def _plain(value):
@@ -36,35 +35,81 @@ def _plain(value):
     return value
 
 
+_META_KEYS = ("model_type", "architectures", "mambaverse_version")
+
+
 def save_pretrained(model: nn.Module, directory) -> Path:
-    """Write `model.safetensors` and `config.yaml` (builder name + arguments) into `directory`."""
+    """Write ``config.json`` (builder name + arguments) and ``model.safetensors`` into ``directory``.
+
+    The pair is written as a set: into a temporary folder first, which becomes ``directory`` by one rename
+    (or, if ``directory`` already exists, whose two files replace the old ones, weights first). No temporary
+    file survives, and a ``config.yaml`` of an older save there is removed. Raises ConfigError for a model
+    that is not a ``@builder`` class (it could not be rebuilt). Returns ``directory`` as a Path.
+    """
     config = getattr(model, "config", None)
     if not isinstance(config, dict) or "builder" not in config:
         raise ConfigError(f"save_pretrained: {type(model).__name__} has no builder config; expected a model made "
                           "by mambaverse.create_model or a @builder class")
+    from . import __version__
+
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     # tied parameters appear once in safetensors; clone so that shared storage is allowed
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    _atomic(directory / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    _atomic(directory / CONFIG, lambda tmp: Path(tmp).write_text(yaml.safe_dump(_plain(config), sort_keys=False)))
+    meta = {"model_type": "mambaverse", "architectures": [config["builder"]], "mambaverse_version": __version__}
+    text = json.dumps({**meta, **_plain(config)}, indent=2) + "\n"
+    write_set(directory, {WEIGHTS: lambda p: save_file(state, str(p), metadata={"format": "pt"}),
+                          CONFIG: lambda p: p.write_text(text)}, stale=(LEGACY_CONFIG,))
     return directory
 
 
-def from_pretrained(directory, **overrides) -> nn.Module:
-    """Rebuild the model recorded in `directory/config.yaml` and load its safetensors weights."""
+def write_set(directory, writers: dict, stale=()) -> Path:
+    """Write files ``{name: writer(path)}`` into ``directory`` as a set: all into a temporary folder beside it,
+    then one rename; if ``directory`` exists, each file replaces its old version (in the given order) and the
+    ``stale`` names are removed. No temporary file survives an error."""
     directory = Path(directory)
-    config_path, weights_path = directory / CONFIG, directory / WEIGHTS
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise ConfigError(f"from_pretrained: {path} is missing; expected {CONFIG} and {WEIGHTS} from save_pretrained")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    exists = directory.is_dir()
+    tmp = Path(tempfile.mkdtemp(dir=directory if exists else directory.parent, prefix=f".{directory.name}.tmp-"))
+    try:
+        for name, write in writers.items():
+            write(tmp / name)
+        if not exists:
+            try:
+                os.rename(tmp, directory)
+                return directory
+            except OSError:  # created meanwhile: replace the files inside it instead
+                directory.mkdir(exist_ok=True)
+        for name in writers:
+            os.replace(tmp / name, directory / name)
+        for name in stale:
+            (directory / name).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+            except OSError:  # created meanwhile: fall through to replacing files inside it
+                directory.mkdir(exist_ok=True)
+        os.replace(tmp / WEIGHTS, directory / WEIGHTS)
+        os.replace(tmp / CONFIG, directory / CONFIG)
+        (directory / LEGACY_CONFIG).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def _read_legacy(config_path: Path) -> dict:
     try:
         config = yaml.safe_load(config_path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"from_pretrained: {config_path} is not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(config, dict) or "builder" not in config:
         raise ConfigError(f"from_pretrained: {config_path} has no 'builder' key; expected a config from save_pretrained")
-    config = dict(config)
+    return config
+
+
+def _build_ours(config: dict, config_path: Path, weights_path: Path, overrides: dict) -> nn.Module:
+    if not weights_path.is_file():
+        raise ConfigError(f"from_pretrained: {weights_path} is missing; expected {WEIGHTS} beside {config_path.name}")
+    config = {k: v for k, v in config.items() if k not in _META_KEYS}
     cls = get_builder(config.pop("builder"))
     preset_name = config.pop("preset", None)
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
@@ -89,3 +134,32 @@ def from_pretrained(directory, **overrides) -> nn.Module:
         raise ConfigError(f"from_pretrained: {weights_path} does not match the config: missing {missing[:3]}, "
                           f"unexpected {unexpected[:3]}")
     return model
+
+
+def from_pretrained(path, **overrides) -> nn.Module:
+    """Load a model from a local folder (or a file in it), whichever of these it holds:
+
+    - ours: ``config.json`` with a ``builder`` key (or an older ``config.yaml``) + ``model.safetensors``;
+    - mamba-ssm ``MambaLMHeadModel`` or transformers ``MambaForCausalLM``/``Mamba2ForCausalLM`` -> MambaLM;
+    - Caduceus PS / Ph -> RCPSBackbone / BidirectionalBackbone (the embedding and LM head are not kept).
+
+    ``overrides`` replace constructor arguments (e.g. ``backend="torch"``). Raises ConfigError (one line) for a
+    missing, unreadable or unrecognised config, unknown keys or overrides, and weights that do not fit.
+    """
+    path = Path(path)
+    folder = path.parent if path.is_file() else path
+    if (folder / CONFIG).is_file():
+        from .pretrained.convert import detect, load_foreign, read_config
+
+        config = read_config(folder)
+        kind = detect(config)
+        if kind == "mambaverse":
+            return _build_ours(config, folder / CONFIG, folder / WEIGHTS, overrides)
+        if not kind:
+            raise ConfigError(f"from_pretrained: {folder / CONFIG} is of no format we read (keys {sorted(config)[:8]}); "
+                              "expected a mambaverse, mamba-ssm, transformers Mamba/Mamba2 or Caduceus config")
+        return load_foreign(folder, config, kind, overrides)
+    if (folder / LEGACY_CONFIG).is_file():
+        return _build_ours(_read_legacy(folder / LEGACY_CONFIG), folder / LEGACY_CONFIG, folder / WEIGHTS, overrides)
+    raise ConfigError(f"from_pretrained: {folder / CONFIG} is missing; expected a folder from save_pretrained or a "
+                      "mamba-ssm, transformers or Caduceus checkpoint folder")
