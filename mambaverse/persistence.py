@@ -86,14 +86,6 @@ def write_set(directory, writers: dict, stale=()) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory
-            except OSError:  # created meanwhile: fall through to replacing files inside it
-                directory.mkdir(exist_ok=True)
-        os.replace(tmp / WEIGHTS, directory / WEIGHTS)
-        os.replace(tmp / CONFIG, directory / CONFIG)
-        (directory / LEGACY_CONFIG).unlink(missing_ok=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
 
 
 def _read_legacy(config_path: Path) -> dict:
