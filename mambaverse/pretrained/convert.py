@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import re
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def _load_one(path: Path) -> dict:
             return load_file(str(path))
         # weights_only: tensors and plain containers only; a pickle that asks for code is refused
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as err:
+    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         _fail(path, f"cannot be loaded as {'safetensors' if path.suffix == '.safetensors' else 'a weights-only torch file'} "
                     f"({first[:160]})")

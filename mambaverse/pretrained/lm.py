@@ -6,6 +6,8 @@ causal LM training on any token vocabulary.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn as nn
 
@@ -42,15 +44,15 @@ class MambaLM(nn.Module):
             raise ConfigError(f"MambaLM: vocab_size={vocab_size}; expected a positive int")
         self.vocab_size, self.d_model = vocab_size, d_model
         self.embedding = nn.Embedding(vocab_size, d_model)
-        self.backbone = CausalBackbone(d_model=d_model, n_layer=n_layer, mixer=mixer, d_state=d_state, d_conv=d_conv,
-                                       expand=expand, dt_rank=dt_rank, headdim=headdim, chunk_size=chunk_size,
-                                       norm_eps=norm_eps, backend=backend)
-        if mixer == "mamba2" and mixer_norm_eps != 1e-5:
-            for layer in self.backbone.layers:
-                norm = getattr(layer.mixer, "norm", None)
-                if norm is None or not hasattr(norm, "eps"):
-                    raise ConfigError(f"MambaLM: mixer_norm_eps={mixer_norm_eps} cannot be set on this Mamba2 mixer")
-                norm.eps = mixer_norm_eps
+        shared = dict(d_model=d_model, n_layer=n_layer, mixer=mixer, d_state=d_state, d_conv=d_conv, expand=expand,
+                      dt_rank=dt_rank, norm_eps=norm_eps, backend=backend)
+        if "mixer_options" in inspect.signature(CausalBackbone.__init__).parameters:
+            options = dict(headdim=headdim, chunk_size=chunk_size, norm_eps=mixer_norm_eps) if mixer == "mamba2" else {}
+            self.backbone = CausalBackbone(**shared, mixer_options=options)
+        else:  # a CausalBackbone without mixer_options: the gated norm's eps is set on each mixer
+            self.backbone = CausalBackbone(**shared, headdim=headdim, chunk_size=chunk_size)
+            for layer in self.backbone.layers if mixer == "mamba2" and mixer_norm_eps != 1e-5 else ():
+                layer.mixer.norm.eps = mixer_norm_eps
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
         # mamba-ssm's initialisation of the embedding (normal, std 0.02)
         nn.init.normal_(self.embedding.weight, std=0.02)
