@@ -45,4 +45,8 @@ def main(argv: list[str]) -> int:
         save_pretrained(model, dst)
     n = sum(p.numel() for p in model.parameters())
     print(f"{src} ({kind}) -> {dst} ({args.to}): {model.config['builder']}, {n:,} parameters")
+    if model.config["builder"] != "MambaLM":  # a backbone: what a task config needs to build one of this shape
+        shape = {k: v for k, v in model.config.items() if k not in ("builder", "preset", "backend", "checkpoint_layers",
+                                                                      "chunk_len") and v is not None}
+        print(f"to fine-tune it: pretrained_ckpt: {dst}, a {model.config['builder']} preset with backbone_overrides: {shape}")
     return 0

@@ -347,6 +347,9 @@ def load_foreign(folder: Path, config: dict, kind: str, overrides: dict):
         _fail(source, f"lacks key {err.args[0]!r} that a {kind} config has")
     cls = get_builder(name)
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    if "strategy" in kwargs and "combine" in accepted:  # backbones that name it `combine` ("multiply")
+        strategy = kwargs.pop("strategy")
+        kwargs["combine"] = "multiply" if strategy == "ew_multiply" else strategy
     unknown = sorted(set(overrides) - accepted)
     if unknown:
         _fail(source, f"unknown override(s) {unknown} for {name}; expected some of {sorted(accepted)}")
