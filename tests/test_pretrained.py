@@ -70,6 +70,17 @@ def test_transformers_checkpoint_gives_the_same_logits_and_gradients(tmp_path, k
         torch.testing.assert_close(q.grad, p.grad.reshape(q.grad.shape), atol=5e-5, rtol=1e-4, msg=name)
 
 
+def test_sharded_transformers_checkpoint_loads(tmp_path):
+    ref = _hf_model("mamba")
+    ref.save_pretrained(tmp_path / "hf", max_shard_size="40KB")
+    assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
+    assert len(list((tmp_path / "hf").glob("model-*.safetensors"))) > 1
+    ours = mv.from_pretrained(tmp_path / "hf", backend="torch")
+    ids = torch.randint(0, V, (1, L))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), ref(ids).logits, atol=2e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("mixer", ["mamba", "mamba2"])
 def test_export_to_transformers_round_trips(tmp_path, mixer):
     extra = dict(d_state=16, headdim=16, chunk_size=8) if mixer == "mamba2" else dict(d_state=8, dt_rank=3)

@@ -15,7 +15,7 @@ pickle that needs more than tensors is refused) or their sharded ``*.index.json`
 must map to a parameter of ours and every parameter must be filled, with equal shapes; anything else is a
 one-line :class:`ConfigError` naming the keys (and both shapes).
 
-Caduceus-PS checkpoints trained with ``fused_add_norm`` (the released ones) swap the two RC halves of the
+Caduceus-PS checkpoints trained with ``fused_add_norm`` (the setting of Caduceus' training configs) swap the two RC halves of the
 residual stream before every block (their fused RCPS block reads the second half as the forward strand). Since
 rc o block o rc is again a block (norm weight and projection channels reversed, forward and reverse scans
 exchanged), the same function is an ordinary :class:`RCPSBackbone` whose every other block holds those
@@ -38,7 +38,7 @@ from ..errors import ConfigError
 
 SAFETENSORS, PICKLE = "model.safetensors", "pytorch_model.bin"
 
-# our mixer-relative key  <-  the key inside a mamba-ssm / transformers mixer (same names in both)
+# the key inside a mamba-ssm / transformers mixer (same names in both)  ->  ours, relative to the mixer
 MAMBA1_MIXER = {"in_proj.weight": "in_proj.weight", "out_proj.weight": "out_proj.weight",
                 "conv1d.weight": "ssm.conv_weight", "conv1d.bias": "ssm.conv_bias", "x_proj.weight": "ssm.x_proj.weight",
                 "dt_proj.weight": "ssm.dt_proj.weight", "dt_proj.bias": "ssm.dt_proj.bias", "A_log": "ssm.A_log",
