@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from mambaverse.backbones import BidirectionalBackbone, CausalBackbone, RCPSBackbone
+from mambaverse.errors import ConfigError
 from mambaverse.rc import RCEquivariant, rc_features
 from mambaverse.registry import preset
 
@@ -49,7 +50,7 @@ class RCTokenEmbedding(nn.Module):
     def __init__(self, vocab_size: int, d_model: int, complement_map: list[int] | None = None):
         super().__init__()
         if d_model % 2:
-            raise ValueError(f"RCTokenEmbedding: d_model={d_model} must be even")
+            raise ConfigError(f"RCTokenEmbedding: d_model={d_model}; expected an even number (two RC-paired halves)")
         self.embed = nn.Embedding(vocab_size, d_model // 2)
         comp = complement_map if complement_map is not None else DNATokenizer().complement_map
         self.register_buffer("complement_map", torch.tensor(comp, dtype=torch.long), persistent=False)
@@ -99,7 +100,7 @@ class RCPatchStem(nn.Module):
     def __init__(self, d_model: int, patch_size: int, rc: bool, kind: str = "patch", kernel: int = 9):
         super().__init__()
         if kind not in ("patch", "conv"):
-            raise ValueError(f"stem: got {kind!r}, expected 'patch' or 'conv'")
+            raise ConfigError(f"RCPatchStem: kind={kind!r}; expected 'patch' or 'conv'")
         self.patch_size = patch_size
         c = d_model // 2 if rc else d_model
         inner = _Conv(c, c, patch_size) if kind == "patch" else _KmerPool(c, patch_size, kernel)
@@ -139,7 +140,7 @@ class SequenceHead(nn.Module):
                  dropout: float = 0.0):
         super().__init__()
         if pooling not in ("mean", "last", "cls"):
-            raise ValueError(f"pooling: got {pooling!r}, expected 'mean', 'last' or 'cls'")
+            raise ConfigError(f"SequenceHead: pooling={pooling!r}; expected 'mean', 'last' or 'cls'")
         self.pooling, self.rc = pooling, rc
         self.features_dim = d_model // 2 if rc else d_model
         self.dropout = nn.Dropout(dropout)
@@ -179,10 +180,10 @@ def insert_cls(ids: torch.Tensor, causal: bool) -> tuple[torch.Tensor, int]:
 
 # ---------------------------------------------------------------------------------- presets
 # Explicit hyperparameters; configuration never hides in the name.
-preset("caduceus_ps_dna_small", RCPSBackbone, d_model=64, n_layer=2, variant="caduceus", strategy="add",
+preset("caduceus_ps_dna_small", RCPSBackbone, d_model=64, n_layer=2, variant="caduceus", combine="add",
        tie_projections=True, d_state=16, d_conv=4, expand=2)
-preset("caduceus_ps_dna", RCPSBackbone, d_model=256, n_layer=8, variant="caduceus", strategy="add",
+preset("caduceus_ps_dna", RCPSBackbone, d_model=256, n_layer=8, variant="caduceus", combine="add",
        tie_projections=True, d_state=16, d_conv=4, expand=2)
-preset("caduceus_ph_dna", BidirectionalBackbone, d_model=128, n_layer=8, variant="caduceus", strategy="add",
+preset("caduceus_ph_dna", BidirectionalBackbone, d_model=128, n_layer=8, variant="caduceus", combine="add",
        tie_projections=True, d_state=16, d_conv=4, expand=2)
 preset("mamba_dna_paper", CausalBackbone, d_model=256, n_layer=8, mixer="mamba", d_state=16, d_conv=4, expand=2)

@@ -23,28 +23,31 @@ state. Collectives run only between the checkpointed passes, never inside a reco
 rank issues them in the same order.
 
 ``chunk_len`` composes with this: passes 1 and 2 run over the local slice in state-carrying, checkpointed
-chunks (layer-major, as in ``mambaverse.long_context``), so each rank's memory is bounded by one chunk plus
-each layer's input slice.
+chunks: the same layer-major sweep as single-device chunking (``mambaverse.backbones.sweep``), with the
+states entering the slice supplied by the exchange. Each rank's memory is bounded by one chunk plus each
+layer's input slice. Everything here uses only the mixers' state API (``mambaverse.mixers.state``:
+``conv_state_from``, ``transfer``, ``direction``, ``combine``), so any state-carrying mixer works.
 
-Lightning: ``ContextParallelStrategy`` (a thin DDPStrategy) builds the context-parallel groups, shards the
-batch's sequence tensors along the length, and switches every backbone of the LightningModule to this
-forward; see its docstring.
+A backbone runs context parallel when :class:`ContextParallel` is installed as its ``runner``
+(``enable_context_parallel``); its parameters, state-dict names and forward stay its own.
+Lightning: ``mambaverse.training.ContextParallelStrategy`` builds the groups, shards the batch and
+calls ``enable_context_parallel``.
 """
 from __future__ import annotations
 
-import types
+from functools import partial
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-from .backbones import BidirectionalBackbone, CausalBackbone, RCPSBackbone
+from .backbones import Chunking, MixerStack
+from .backbones.sweep import own, sweep_layers
 from .errors import ConfigError, ShapeError
-from .long_context import _own, additive_scale
-from .mixers import BidirectionalMamba, Mamba
-from .ops import selective_scan
+from .mixers import MixerState
+
+__all__ = ["ContextParallel", "ContextParallelBackbone", "context_parallel_forward", "disable_context_parallel",
+           "enable_context_parallel", "gather_stack", "shard_sequence"]
 
 
 # ----------------------------------------------------------------------------- the collective
@@ -85,65 +88,45 @@ def shard_sequence(t: torch.Tensor, group=None, dim: int = 1, overlap: int = 0) 
     return t.narrow(dim, rank * s, s + overlap)
 
 
-# ----------------------------------------------------------------------------- per-direction pieces
-def _parts(mixer, reverse):
-    if isinstance(mixer, Mamba):
-        return mixer.in_proj, mixer.ssm
-    proj = mixer.in_proj_rev if (reverse and not mixer.tie_projections) else mixer.in_proj
-    return proj, (mixer.ssm_rev if reverse else mixer.ssm_fwd)
+# ----------------------------------------------------------------------------- the exchange, per layer and direction
+def _edge(pieces, k1, reverse):
+    """The first (reverse) or last (forward) k1 positions of the slice held as ``pieces``."""
+    if reverse:
+        return pieces[0][:, :k1] if pieces[0].shape[1] >= k1 else torch.cat(pieces, 1)[:, :k1]
+    return pieces[-1][:, -k1:] if pieces[-1].shape[1] >= k1 else torch.cat(pieces, 1)[:, -k1:]
 
 
-def _x_only(proj, ssm, h):
-    """The x half of in_proj(h), as (b, d_inner, l), without computing the z half."""
-    d = ssm.d_inner
-    return F.linear(h, proj.weight[:d], None if proj.bias is None else proj.bias[:d]).transpose(1, 2)
-
-
-def _halo(layer, pieces, reverse, group):
-    """The conv inputs the first (forward) or last (reverse) chunk of this slice needs from its neighbour."""
-    proj, ssm = _parts(layer.mixer, reverse)
-    k1 = ssm.d_conv - 1
+def _halo(block, pieces, reverse, group):
+    """The conv state entering this slice: the neighbour's edge inputs (zeros at the sequence's ends)."""
+    k1 = block.mixer.conv_context
     if k1 == 0:
         return None
-    world, rank = dist.get_world_size(group), dist.get_rank(group)
     local = sum(p.shape[1] for p in pieces)
     if local < k1:
         raise ShapeError(f"context parallel: a rank's slice has {local} positions, fewer than d_conv-1={k1}")
-    if reverse:  # my first k-1 inputs continue the previous rank's reverse conv
-        h = pieces[0][:, :k1] if pieces[0].shape[1] >= k1 else torch.cat(pieces, 1)[:, :k1]
-    else:  # my last k-1 inputs continue the next rank's forward conv
-        h = pieces[-1][:, -k1:] if pieces[-1].shape[1] >= k1 else torch.cat(pieces, 1)[:, -k1:]
-    edges = gather_stack(_x_only(proj, ssm, layer.norm(h)), group)  # (world, b, d_inner, k-1)
+    # my first k-1 inputs continue the previous rank's reverse conv; my last ones the next rank's forward conv
+    edge = block.mixer.conv_state_from(block.norm(_edge(pieces, k1, reverse)), reverse)
+    edges = gather_stack(edge, group)  # (world, b, channels, k-1)
     pad = torch.zeros_like(edges[:1])
     shifted = torch.cat([edges[1:], pad]) if reverse else torch.cat([pad, edges[:-1]])
-    return shifted[rank]  # zeros at the sequence's ends; still connected to the gather (see module doc)
+    return shifted[dist.get_rank(group)]  # still connected to the gather (see the module docstring)
 
 
-def _zero_state_chunk(layer, reverse, h, conv, *carry):
-    """Pass 1 on one chunk: (conv tail, final SSM state, running sum of dt) carrying from `carry`."""
-    mixer = layer.mixer
-    proj, ssm = _parts(mixer, reverse)
-    args, tail = ssm.scan_args(_x_only(proj, ssm, layer.norm(h)), conv, True)
-    h_prev, s_prev = carry if carry else (None, None)
-    _, h_last = selective_scan(**args, delta_softplus=True, initial_state=h_prev, return_final_state=True,
-                               reverse=reverse, backend=mixer.backend)
-    dt_sum = F.softplus(args["delta"].float() + args["delta_bias"][:, None]).sum(-1)  # (b, d_inner)
-    return _own(tail), _own(h_last), dt_sum if s_prev is None else s_prev + dt_sum
+def _transfer_chunk(block, reverse, h, conv, ssm, decay):
+    """Pass 1 on one chunk: the state leaving it from a zero start of the slice, and the running decay."""
+    chunk_decay, state = block.mixer.transfer(block.norm(h), reverse, MixerState(conv, ssm))
+    return own(state.conv), own(state.ssm), chunk_decay if decay is None else decay * chunk_decay
 
 
-def _incoming_state(layer, pieces, reverse, halo, group, ckpt):
+def _incoming_state(block, pieces, reverse, halo, group, run):
     """Passes 1 and 3: this rank's true incoming SSM state for one layer and direction."""
-    _, ssm = _parts(layer.mixer, reverse)
     order = range(len(pieces) - 1, -1, -1) if reverse else range(len(pieces))
-    conv, carry = halo, ()
+    conv, ssm, decay = halo, None, None
     for i in order:
-        conv, *carry = ckpt(_zero_state_chunk, layer, reverse, pieces[i], conv, *carry)
-    h0, dt_sum = carry
-    A = -torch.exp(ssm.A_log.float())
-    decay = torch.exp(dt_sum[..., None] * A)  # prod_t exp(dt_t A) over the slice, (b, d_inner, n)
-    pairs = gather_stack(torch.stack([decay, h0]), group)  # (world, 2, b, d_inner, n)
+        conv, ssm, decay = run(_transfer_chunk, block, reverse, pieces[i], conv, ssm, decay)
+    pairs = gather_stack(torch.stack([decay, ssm]), group)  # (world, 2, b, d_inner, n)
     world, rank = pairs.shape[0], dist.get_rank(group)
-    h = torch.zeros_like(h0)
+    h = torch.zeros_like(ssm)
     states = [h]
     for j in (range(world - 1, 0, -1) if reverse else range(world - 1)):
         h = pairs[j, 0] * h + pairs[j, 1]
@@ -153,78 +136,67 @@ def _incoming_state(layer, pieces, reverse, halo, group, ckpt):
     return torch.stack(states)[rank]
 
 
+def _exchange(block, pieces, run, group):
+    """``sweep_layers``' ``entering``: the MixerState entering this rank's slice in each direction."""
+    entering = {}
+    for reverse in sorted(block.mixer.directions, reverse=True):  # reverse first, as every rank does
+        halo = _halo(block, pieces, reverse, group)
+        entering[reverse] = MixerState(halo, _incoming_state(block, pieces, reverse, halo, group, run))
+    return entering
+
+
 # ----------------------------------------------------------------------------- backbones
-def _causal_chunk(layer, h, conv, ssm):
-    out, (conv, ssm) = layer(h, initial_state=(conv, ssm), return_final_state=True)
-    return out, _own(conv), _own(ssm)
+def check_context_parallel(backbone: nn.Module, who: str = "context parallel") -> MixerStack:
+    """The backbone as a MixerStack whose mixers carry state; ConfigError otherwise."""
+    if getattr(backbone, "supports_context_parallel", None) is False and not isinstance(backbone, MixerStack):
+        raise ConfigError(f"{who}: {type(backbone).__name__} flips or mixes the whole length, which crosses ranks; "
+                          "not supported, expected a CausalBackbone or BidirectionalBackbone")
+    if not isinstance(backbone, MixerStack):
+        raise ConfigError(f"{who}: backbone is a {type(backbone).__name__}; expected a CausalBackbone or "
+                          "BidirectionalBackbone")
+    if not backbone.carries_state:
+        raise ConfigError(f"{who}: {type(backbone).__name__} has mixers that cannot carry state "
+                          f"(mixer={getattr(backbone, 'mixer_type', '?')!r}); expected e.g. mixer='mamba'")
+    return backbone
 
 
-def _reverse_chunk(layer, h, conv, ssm):
-    r, (conv, ssm) = layer.mixer.direction(layer.norm(h), True, (conv, ssm), True)
-    return r, _own(conv), _own(ssm)
+class ContextParallel:
+    """A backbone ``runner``: runs a MixerStack on this rank's slice of a sequence split over ``group``.
 
+    Args:
+        group: the torch.distributed process group of the ranks sharing each sequence (None = the world).
+        preserve_rng_state: replay the RNG when recomputing checkpointed chunks (off: Mamba draws none).
 
-def _forward_chunk(layer, h, r, conv, ssm):
-    f, (conv, ssm) = layer.mixer.direction(layer.norm(h), False, (conv, ssm), True)
-    if r is None:  # additive combine: the caller adds the reverse part outside the checkpointed region
-        return h + additive_scale(layer.mixer) * f, _own(conv), _own(ssm)
-    return h + layer.mixer.combine(f, r), _own(conv), _own(ssm)
+    ``runner(stack, hidden, chunking)``: hidden (B, s, d_model) is this rank's slice; returns this rank's
+    slice of the features, equal (values and gradients) to running the whole sequence on one process.
+    ``chunking`` None runs the whole slice as one chunk.
+    """
+
+    def __init__(self, group=None, preserve_rng_state: bool = False):
+        self.group, self.preserve_rng_state = group, preserve_rng_state
+
+    def __call__(self, stack: MixerStack, hidden: torch.Tensor, chunking: Chunking | None = None) -> torch.Tensor:
+        check_context_parallel(stack)
+        if hidden.dim() != 3 or hidden.shape[-1] != stack.d_model:
+            raise ShapeError(f"context parallel: input has shape {tuple(hidden.shape)}, "
+                             f"expected (batch, length slice, d_model={stack.d_model})")
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ConfigError("context parallel: torch.distributed is not initialized")
+        plan = Chunking(chunking.chunk_len if chunking else hidden.shape[1],
+                        preserve_rng_state=self.preserve_rng_state)
+        return sweep_layers(stack, hidden, plan, entering=partial(_exchange, group=self.group))
 
 
 def context_parallel_forward(backbone: nn.Module, hidden: torch.Tensor, group=None, chunk_len: int | None = None,
                              preserve_rng_state: bool = False) -> torch.Tensor:
-    """``backbone`` (CausalBackbone with mixer 'mamba', or BidirectionalBackbone) on this rank's slice
-    ``hidden`` (B, s, d_model) of a sequence split over ``group``; returns this rank's slice of the features.
-    Equal, values and gradients, to running the whole sequence on one process and slicing the result."""
-    if isinstance(backbone, RCPSBackbone):
-        raise ConfigError("context parallel: RCPSBackbone flips the length, which crosses ranks; not supported "
-                          "yet, expected a CausalBackbone or BidirectionalBackbone")
-    if isinstance(backbone, CausalBackbone):
-        if backbone.mixer_type != "mamba":
-            raise ConfigError(f"context parallel: mixer={backbone.mixer_type!r} cannot carry state; expected 'mamba'")
-        bidirectional = False
-    elif isinstance(backbone, BidirectionalBackbone):
-        bidirectional = True
-    else:
-        raise ConfigError(f"context parallel: backbone is a {type(backbone).__name__}; expected CausalBackbone or "
-                          "BidirectionalBackbone")
-    if hidden.dim() != 3 or hidden.shape[-1] != backbone.d_model:
-        raise ShapeError(f"context parallel: input has shape {tuple(hidden.shape)}, "
-                         f"expected (batch, length slice, d_model={backbone.d_model})")
-    if not (dist.is_available() and dist.is_initialized()):
-        raise ConfigError("context parallel: torch.distributed is not initialized")
-    chunk_len = chunk_len or getattr(backbone, "chunk_len", None) or hidden.shape[1]
-    active = backbone.training and torch.is_grad_enabled()
+    """``backbone`` (CausalBackbone or BidirectionalBackbone whose mixers carry state) on this rank's slice
+    ``hidden`` (B, s, d_model) of a sequence split over ``group``; returns this rank's slice of the features,
+    in chunks of ``chunk_len`` (default: the backbone's ``chunk_len``, else the whole slice).
 
-    def ckpt(fn, *args):
-        if active:
-            return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=preserve_rng_state)
-        return fn(*args)
-
-    pieces = list(hidden.split(chunk_len, dim=1))
-    n = len(pieces)
-    for layer in backbone.layers:
-        if bidirectional:
-            halo = _halo(layer, pieces, True, group)
-            state = (halo, _incoming_state(layer, pieces, True, halo, group, ckpt))
-            revs = [None] * n
-            for i in range(n - 1, -1, -1):
-                revs[i], *state = ckpt(_reverse_chunk, layer, pieces[i], *state)
-        halo = _halo(layer, pieces, False, group)
-        state = (halo, _incoming_state(layer, pieces, False, halo, group, ckpt))
-        for i in range(n):
-            if bidirectional:
-                scale = additive_scale(layer.mixer)
-                if scale is None:
-                    pieces[i], *state = ckpt(_forward_chunk, layer, pieces[i], revs[i], *state)
-                else:
-                    out, *state = ckpt(_forward_chunk, layer, pieces[i], None, *state)
-                    pieces[i] = out + scale * revs[i]
-                revs[i] = None
-            else:
-                pieces[i], *state = ckpt(_causal_chunk, layer, pieces[i], *state)
-    outs = [ckpt(backbone.norm_f, p) for p in pieces]  # the final norm keeps nothing either
-    return torch.cat(outs, dim=1) if n > 1 else outs[0]
+    Raises ConfigError for another backbone or an uninitialized process group, ShapeError for a bad shape."""
+    stack = check_context_parallel(backbone)
+    chunk_len = chunk_len or stack.chunk_len
+    return ContextParallel(group, preserve_rng_state)(stack, hidden, Chunking(chunk_len) if chunk_len else None)
 
 
 class ContextParallelBackbone(nn.Module):
@@ -232,7 +204,7 @@ class ContextParallelBackbone(nn.Module):
 
     def __init__(self, backbone: nn.Module, group=None, chunk_len: int | None = None):
         super().__init__()
-        self.backbone, self.group, self.chunk_len = backbone, group, chunk_len
+        self.backbone, self.group, self.chunk_len = check_context_parallel(backbone), group, chunk_len
         self.d_model = backbone.d_model
 
     def forward(self, hidden):
@@ -240,138 +212,26 @@ class ContextParallelBackbone(nn.Module):
 
 
 def enable_context_parallel(module: nn.Module, group=None) -> list[str]:
-    """Switch every Causal/Bidirectional backbone inside ``module`` to the context-parallel forward, in place
-    (parameters and state-dict names unchanged). Returns the names of the switched submodules."""
+    """Install :class:`ContextParallel` over ``group`` as the ``runner`` of every backbone inside ``module``,
+    in place (parameters, state-dict names and forward unchanged). Returns the names of those backbones.
+
+    Raises ConfigError if ``module`` holds a backbone that cannot run context parallel (RCPSBackbone, or
+    mixers that do not carry state)."""
     switched = []
     for name, sub in module.named_modules():
-        if isinstance(sub, RCPSBackbone):
-            raise ConfigError(f"context parallel: {name or 'module'} is an RCPSBackbone, which is not supported yet")
-        if isinstance(sub, (CausalBackbone, BidirectionalBackbone)) and not hasattr(sub, "_cp_group"):
-            sub._cp_group = group
-            sub.forward = types.MethodType(lambda self, hidden: context_parallel_forward(self, hidden, self._cp_group),
-                                           sub)
+        if getattr(sub, "supports_context_parallel", None) is False:
+            check_context_parallel(sub, f"context parallel: {name or 'module'}")
+        if isinstance(sub, MixerStack) and sub.runner is None:
+            sub.runner = ContextParallel(group)
             switched.append(name)
     return switched
 
 
-# ----------------------------------------------------------------------------- Lightning
-from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry  # noqa: E402
-
-
-class ContextParallelStrategy(DDPStrategy):
-    """DDP whose ranks, in groups of ``cp_size``, split each sequence's length between them.
-
-    ``mambaverse fit`` selects it from a config::
-
-        trainer:
-          devices: 2
-          strategy:
-            class_path: mambaverse.context_parallel.ContextParallelStrategy
-            init_args: {cp_size: 2, shard_keys: [input_ids], overlap: 0}
-
-    What it does:
-      * builds the context-parallel process groups (consecutive ranks; ``cp_size`` defaults to all ranks),
-        and makes the distributed sampler hand the *same* batches to every rank of a group (data parallel
-        runs across groups);
-      * switches every Causal/Bidirectional backbone of the LightningModule to `context_parallel_forward`
-        over its group (parameters and checkpoint names unchanged);
-      * after moving each batch to the device, takes the group's first rank's copy of the ``shard_keys``
-        tensors (``sync_batch``) and gives each rank its slice along dim 1 (``shard_sequence``, with
-        ``overlap`` extra positions: 1 for a causal LM that shifts inputs and targets itself).
-    Gradients: DDP averages over all ranks, so a loss that is the mean over a rank's own positions gives
-    the exact gradient of the mean over all positions when the slices hold equal numbers of counted positions.
-    Heads that pool over the whole length (sequence classifiers) need a cross-rank pooling of their own.
-    """
-
-    strategy_name = "context_parallel"
-
-    def __init__(self, cp_size: int | None = None, shard_keys: tuple[str, ...] | list[str] = ("input_ids",),
-                 overlap: int = 0, sync_batch: bool = True, **ddp_kwargs):
-        super().__init__(**ddp_kwargs)
-        if cp_size is not None and (isinstance(cp_size, bool) or not isinstance(cp_size, int) or cp_size < 1):
-            raise ConfigError(f"ContextParallelStrategy: cp_size={cp_size!r}; expected a positive int")
-        if not isinstance(overlap, int) or overlap < 0:
-            raise ConfigError(f"ContextParallelStrategy: overlap={overlap!r}; expected an int >= 0")
-        self.cp_size, self.shard_keys, self.overlap, self.sync_batch = cp_size, tuple(shard_keys), overlap, sync_batch
-        self.cp_group, self.cp_root = None, 0
-
-    def setup_distributed(self) -> None:
-        super().setup_distributed()
-        world, rank = dist.get_world_size(), dist.get_rank()
-        cp = self.cp_size or world
-        if world % cp:
-            raise ConfigError(f"ContextParallelStrategy: cp_size={cp} does not divide the {world} processes")
-        self.cp_size = cp
-        for start in range(0, world, cp):  # every rank creates every group, in the same order
-            group = dist.new_group(list(range(start, start + cp)))
-            if start <= rank < start + cp:
-                self.cp_group, self.cp_root = group, start
-
-    @property
-    def distributed_sampler_kwargs(self) -> dict:
-        cp = self.cp_size or 1
-        return {"num_replicas": (self.num_nodes * self.num_processes) // cp, "rank": self.global_rank // cp}
-
-    def setup(self, trainer) -> None:
-        enable_context_parallel(self.lightning_module, self.cp_group)
-        super().setup(trainer)
-
-    def _sync(self, t):
-        if self.sync_batch and isinstance(t, torch.Tensor):
-            t = t.contiguous()
-            dist.broadcast(t, self.cp_root, group=self.cp_group)
-        return t
-
-    def _shard(self, t):
-        if not isinstance(t, torch.Tensor) or t.dim() < 2:
-            return t
-        return shard_sequence(t, self.cp_group, dim=1, overlap=self.overlap)
-
-    def batch_to_device(self, batch, device=None, dataloader_idx: int = 0):
-        """Move, then (per shard key) take the group root's copy, crop (sequence-length warmup), shard."""
-        batch = super().batch_to_device(batch, device, dataloader_idx)
-        if self.cp_group is None:
-            return batch
-        if isinstance(batch, torch.Tensor):
-            return self._shard(self._sync(batch))
-        if not isinstance(batch, dict):
-            return batch
-        batch = {k: (self._sync(v) if k in self.shard_keys else v) for k, v in batch.items()}
-        trainer = getattr(self.lightning_module, "_trainer", None)
-        if trainer is not None and trainer.training:  # warmup crops the whole sequence, before sharding
-            for cb in trainer.callbacks:
-                if callable(getattr(cb, "crop_batch", None)) and getattr(cb, "_mode", None) == "crop":
-                    batch = cb.crop_batch(trainer, batch)
-        return {k: (self._shard(v) if k in self.shard_keys else v) for k, v in batch.items()}
-
-
-if "context_parallel" not in StrategyRegistry:
-    StrategyRegistry.register("context_parallel", ContextParallelStrategy,
-                              description="DDP with each sequence's length split across the ranks (mambaverse)")
-
-
-from lightning.pytorch.strategies import FSDPStrategy  # noqa: E402
-
-
-class BlockFSDPStrategy(FSDPStrategy):
-    """Lightning FSDP with one FSDP unit per residual block (Mamba layers), settable from YAML, where a
-    set of classes cannot be written. ``checkpoint_blocks`` adds activation checkpointing per block.
-
-        trainer:
-          strategy:
-            class_path: mambaverse.context_parallel.BlockFSDPStrategy
-            init_args: {sharding_strategy: FULL_SHARD, checkpoint_blocks: false}
-    """
-
-    def __init__(self, checkpoint_blocks: bool = False, **fsdp_kwargs):
-        from .backbones import ResidualBlock
-
-        fsdp_kwargs.setdefault("auto_wrap_policy", {ResidualBlock})
-        if checkpoint_blocks:
-            fsdp_kwargs.setdefault("activation_checkpointing_policy", {ResidualBlock})
-        super().__init__(**fsdp_kwargs)
-
-
-if "fsdp_blocks" not in StrategyRegistry:
-    StrategyRegistry.register("fsdp_blocks", BlockFSDPStrategy,
-                              description="FSDP with one unit per Mamba residual block (mambaverse)")
+def disable_context_parallel(module: nn.Module) -> list[str]:
+    """Remove the ContextParallel runners that ``enable_context_parallel`` installed; returns their names."""
+    switched = []
+    for name, sub in module.named_modules():
+        if isinstance(sub, MixerStack) and isinstance(sub.runner, ContextParallel):
+            sub.runner = None
+            switched.append(name)
+    return switched

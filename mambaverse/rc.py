@@ -10,6 +10,7 @@ import torch.nn as nn
 
 
 def rc_features(h: torch.Tensor) -> torch.Tensor:
+    """The reverse complement of features h (B, L, 2k): length and channels flipped."""
     return h.flip(1).flip(-1)
 
 
@@ -22,10 +23,11 @@ class RCEquivariant(nn.Module):
         super().__init__()
         self.module = module
 
-    def forward(self, h):
+    def forward(self, h, **kwargs):
+        """h (B, L, 2k) -> (B, L, 2k); keyword arguments go to ``module`` (e.g. a backbone's ``chunking``)."""
         k = h.shape[-1] // 2
         both = torch.cat([h[..., :k], rc_features(h[..., k:])], dim=0)  # one pass, batch 2B
-        out = self.module(both)
+        out = self.module(both, **kwargs)
         fwd, rev = out.chunk(2, dim=0)
         return torch.cat([fwd, rc_features(rev)], dim=-1)
 

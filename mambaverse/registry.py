@@ -1,7 +1,8 @@
 """Named presets and the builder classes they call.
 
-A builder is a model class whose constructor takes every hyperparameter explicitly; `@builder` records
-the arguments of each instance in `model.config` so that it can be saved and rebuilt. A preset is a
+A builder is a model class whose constructor takes every hyperparameter explicitly; `@builder`
+(``mambaverse.configurable``, re-exported here) records the arguments of each instance in `model.config`
+so that it can be saved and rebuilt. A preset is a
 function `(**overrides) -> model` registered by `@register_model(name)`; configuration never hides in
 the name.
 
@@ -15,40 +16,23 @@ no domain (and none of Lightning, scikit-learn, pyfaidx or timm).
 from __future__ import annotations
 
 import fnmatch
-import functools
 import inspect
 from importlib.metadata import EntryPoint, distributions
 from typing import Callable
 
+from .configurable import BUILDERS as _BUILDERS
+from .configurable import builder
 from .errors import ConfigError
 
 PLUGIN_GROUP = "mambaverse.plugins"
 
-_BUILDERS: dict[str, type] = {}
 _PRESETS: dict[str, Callable] = {}
 _plugins_loaded = False
 _plugin_errors: dict[str, str] = {}
 
 
-def builder(cls):
-    """Class decorator: record constructor arguments in `self.config` and allow `from_pretrained` to rebuild it."""
-    init = cls.__init__
-    signature = inspect.signature(init)
-
-    @functools.wraps(init)
-    def recording_init(self, *args, **kwargs):
-        bound = signature.bind(self, *args, **kwargs)
-        bound.apply_defaults()
-        init(self, *args, **kwargs)
-        arguments = dict(bound.arguments)
-        arguments.pop("self")
-        # tuples become lists so that the config equals its YAML round trip
-        self.config = {"builder": cls.__name__,
-                       **{k: list(v) if isinstance(v, tuple) else v for k, v in arguments.items()}}
-
-    cls.__init__ = recording_init
-    _BUILDERS[cls.__name__] = cls
-    return cls
+__all__ = ["builder", "create_model", "declared_entry_points", "get_builder", "get_preset", "list_models",
+           "load_plugins", "preset", "register_model"]
 
 
 def get_builder(name: str) -> type:

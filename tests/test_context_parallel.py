@@ -12,9 +12,10 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from mambaverse.backbones import BidirectionalBackbone, CausalBackbone, RCPSBackbone
-from mambaverse.context_parallel import (ContextParallelStrategy, context_parallel_forward,
+from mambaverse.context_parallel import (context_parallel_forward,
                                          enable_context_parallel, gather_stack, shard_sequence)
 from mambaverse.errors import ConfigError, ShapeError
+from mambaverse.training import ContextParallelStrategy
 
 WORLD, D, L = 2, 8, 42
 
@@ -138,7 +139,7 @@ def test_block_fsdp_strategy_wraps_residual_blocks():
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
     from mambaverse.backbones import ResidualBlock
-    from mambaverse.context_parallel import BlockFSDPStrategy
+    from mambaverse.training import BlockFSDPStrategy
 
     s = BlockFSDPStrategy(checkpoint_blocks=True)
     policy = s.kwargs["auto_wrap_policy"]

@@ -1,12 +1,13 @@
 """Mixers, backbones, wrappers, registry and persistence: each checked by its defining property."""
 import copy
+import json
 
 import pytest
 import torch
-import yaml
 
 import mambaverse as mv
 from mambaverse.mixers import BidirectionalMamba, Mamba
+from mambaverse.persistence import CONFIG, WEIGHTS
 from mambaverse.patch_scan import route_order
 from mambaverse.rc import PostHocConjoin, rc_features
 from mambaverse.ops import cross_scan
@@ -141,7 +142,7 @@ def test_vim_class_token_sits_in_the_middle():
 def test_save_load_round_trip(tmp_path, name):
     model = mv.create_model(name, **({"n_layer": 1} if "tiny" in name and "v" not in name[:2] else {})).eval()
     mv.save_pretrained(model, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([CONFIG, WEIGHTS])
     loaded = mv.from_pretrained(tmp_path).eval()
     x = torch.randn(1, 3, 32, 32) if name.startswith("v") else torch.randn(1, 12, model.d_model)
     assert torch.equal(loaded(x), model(x))
@@ -150,12 +151,12 @@ def test_save_load_round_trip(tmp_path, name):
 
 def test_from_pretrained_refuses_unknown_builders_and_bad_files(tmp_path):
     mv.save_pretrained(mv.create_model("causal_tiny"), tmp_path)
-    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**config, "builder": "os.system"}))
+    config = json.loads((tmp_path / CONFIG).read_text())
+    (tmp_path / CONFIG).write_text(json.dumps({**config, "builder": "os.system"}))
     with pytest.raises(mv.ConfigError, match="unknown builder 'os.system'"):
         mv.from_pretrained(tmp_path)
-    (tmp_path / "config.yaml").write_text("builder: [unclosed")
-    with pytest.raises(mv.ConfigError, match="not valid YAML"):
+    (tmp_path / CONFIG).write_text("builder: [unclosed")
+    with pytest.raises(mv.ConfigError, match="not valid JSON"):
         mv.from_pretrained(tmp_path)
     with pytest.raises(mv.ConfigError, match="missing"):
         mv.from_pretrained(tmp_path / "nowhere")
@@ -171,8 +172,8 @@ def test_from_pretrained_names_bad_keys_overrides_and_weights(tmp_path):
     with pytest.raises(mv.ConfigError, match="model.safetensors cannot be loaded") as info:
         mv.from_pretrained(tmp_path)
     assert "\n" not in str(info.value)
-    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**config, "colour": "red"}))
+    config = json.loads((tmp_path / CONFIG).read_text())
+    (tmp_path / CONFIG).write_text(json.dumps({**config, "colour": "red"}))
     with pytest.raises(mv.ConfigError, match=r"unknown key\(s\) \['colour'\]"):
         mv.from_pretrained(tmp_path)
 

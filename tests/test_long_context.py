@@ -135,7 +135,7 @@ def test_bad_inputs_raise_mambaverse_errors():
 # ----------------------------------------------------------------------------- sequence-length warmup
 import lightning.pytorch as pl  # noqa: E402
 
-from mambaverse.callbacks import SequenceLengthWarmup  # noqa: E402
+from mambaverse.training import SequenceLengthWarmup  # noqa: E402
 
 
 class _LengthRecorder(pl.LightningModule):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["SequenceLengthWarmup"]
 
