@@ -67,6 +67,8 @@ def write_set(directory, writers: dict, stale=()) -> Path:
     then one rename; if ``directory`` exists, each file replaces its old version (in the given order) and the
     ``stale`` names are removed. No temporary file survives an error."""
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"save_pretrained: {directory} is a file; expected a folder (new or existing)")
     directory.parent.mkdir(parents=True, exist_ok=True)
     exists = directory.is_dir()
     tmp = Path(tempfile.mkdtemp(dir=directory if exists else directory.parent, prefix=f".{directory.name}.tmp-"))

@@ -382,6 +382,9 @@ def test_a_failed_save_leaves_the_old_checkpoint_and_no_temporary_files(tmp_path
         mv.save_pretrained(model, tmp_path / "new")
     assert {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    monkeypatch.undo()
+    with pytest.raises(mv.ConfigError, match="is a file; expected a folder"):
+        mv.save_pretrained(model, tmp_path / "ckpt" / "model.safetensors")
 
 
 def test_convert_refuses_to_overwrite_without_the_flag(tmp_path):
