@@ -38,6 +38,17 @@ def _plain(value):
 _META_KEYS = ("model_type", "architectures", "mambaverse_version")
 
 
+def _tied_aliases(model: nn.Module) -> dict:
+    """``{name: first name}`` for each parameter registered under more than one name (tied weights)."""
+    first, aliases = {}, {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            aliases[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return aliases
+
+
 def save_pretrained(model: nn.Module, directory) -> Path:
     """Write ``config.json`` (builder name + arguments) and ``model.safetensors`` into ``directory``.
 
@@ -53,8 +64,9 @@ def save_pretrained(model: nn.Module, directory) -> Path:
     from . import __version__
 
     directory = Path(directory)
-    # tied parameters appear once in safetensors; clone so that shared storage is allowed
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    # a tied parameter (one tensor under several names, e.g. MambaLM's embedding and head) is stored once
+    tied = _tied_aliases(model)
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items() if k not in tied}
     meta = {"model_type": "mambaverse", "architectures": [config["builder"]], "mambaverse_version": __version__}
     text = json.dumps({**meta, **_plain(config)}, indent=2) + "\n"
     write_set(directory, {WEIGHTS: lambda p: save_file(state, str(p), metadata={"format": "pt"}),
@@ -124,6 +136,8 @@ def _build_ours(config: dict, config_path: Path, weights_path: Path, overrides: 
     except Exception as err:  # a truncated or foreign file, or tensors of other shapes
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"from_pretrained: {weights_path} cannot be loaded into {cls.__name__} ({first[:200]})") from None
+    tied = _tied_aliases(model)
+    missing = [k for k in missing if tied.get(k) not in weights]  # a tied copy is filled by its first name
     if missing or unexpected:
         raise ConfigError(f"from_pretrained: {weights_path} does not match the config: missing {missing[:3]}, "
                           f"unexpected {unexpected[:3]}")

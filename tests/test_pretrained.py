@@ -87,6 +87,9 @@ def test_export_to_transformers_round_trips(tmp_path, mixer):
     ours = _perturb(MambaLM(vocab_size=V, d_model=D, n_layer=2, mixer=mixer, tie_embeddings=mixer == "mamba",
                             backend="torch", **extra)).eval()
     mv.save_pretrained(ours, tmp_path / "ours")
+    stored = set(load_file(tmp_path / "ours" / "model.safetensors"))
+    assert ("lm_head.weight" in stored) == (mixer == "mamba2")  # a tied head is stored once, as the embedding
+    assert torch.equal(mv.from_pretrained(tmp_path / "ours").lm_head.weight, ours.lm_head.weight)
     assert convert_main([str(tmp_path / "ours"), str(tmp_path / "hf"), "--to", "transformers"]) == 0
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors"]
     theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
