@@ -128,7 +128,7 @@ class VimBackbone(_Classifier, nn.Module):
         self.norms = nn.ModuleList(RMSNorm(embed_dim, norm_eps) for _ in range(depth))
         self.mixers = nn.ModuleList(BidirectionalMamba(embed_dim, d_state, expand=expand, variant="vim_v2",
                                                        backend=backend) for _ in range(depth))
-        rates = torch.linspace(0, drop_path_rate, depth).tolist() if depth else []
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear stochastic depth
         self.drop_paths = nn.ModuleList(DropPath(r) if r > 0 else nn.Identity() for r in rates)  # no weights
         self.norm_f = RMSNorm(embed_dim, norm_eps)
         self.head_drop = nn.Dropout(drop_rate)
@@ -293,7 +293,7 @@ class VMambaBackbone(_Classifier, nn.Module):
         self.dynamic_img_pad, self.grad_checkpointing = dynamic_img_pad, False
         self.patch_embed = nn.Sequential(nn.Conv2d(in_chans, dims[0], patch_size, patch_size))
         self.embed_norm = nn.LayerNorm(dims[0])
-        rates = iter(torch.linspace(0, drop_path_rate, sum(depths)).tolist())
+        rates = iter([drop_path_rate * i / max(sum(depths) - 1, 1) for i in range(sum(depths))])
         self.stages = nn.ModuleList()
         self.downsamples = nn.ModuleList()
         for i, (dim, depth) in enumerate(zip(dims, depths)):
