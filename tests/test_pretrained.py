@@ -83,7 +83,8 @@ def test_sharded_transformers_checkpoint_loads(tmp_path):
 
 @pytest.mark.parametrize("mixer", ["mamba", "mamba2"])
 def test_export_to_transformers_round_trips(tmp_path, mixer):
-    extra = dict(d_state=16, headdim=16, chunk_size=8) if mixer == "mamba2" else dict(d_state=8, dt_rank=3)
+    extra = (dict(d_state=16, headdim=16, mixer_options={"chunk_size": 8}) if mixer == "mamba2" else
+             dict(d_state=8, dt_rank=3, mixer_options={"bias": True}))
     ours = _perturb(MambaLM(vocab_size=V, d_model=D, n_layer=2, mixer=mixer, tie_embeddings=mixer == "mamba",
                             backend="torch", **extra)).eval()
     mv.save_pretrained(ours, tmp_path / "ours")

@@ -39,14 +39,22 @@ from ..errors import ConfigError
 SAFETENSORS, PICKLE = "model.safetensors", "pytorch_model.bin"
 
 # the key inside a mamba-ssm / transformers mixer (same names in both)  ->  ours, relative to the mixer
-MAMBA1_MIXER = {"in_proj.weight": "in_proj.weight", "out_proj.weight": "out_proj.weight",
+MAMBA1_MIXER = {"in_proj.weight": "in_proj.weight", "out_proj.weight": "out_proj.weight", "in_proj.bias": "in_proj.bias",
+                "out_proj.bias": "out_proj.bias",
                 "conv1d.weight": "ssm.conv_weight", "conv1d.bias": "ssm.conv_bias", "x_proj.weight": "ssm.x_proj.weight",
                 "dt_proj.weight": "ssm.dt_proj.weight", "dt_proj.bias": "ssm.dt_proj.bias", "A_log": "ssm.A_log",
                 "D": "ssm.D"}
-MAMBA2_MIXER = {"in_proj.weight": "in_proj.weight", "out_proj.weight": "out_proj.weight",
+MAMBA2_MIXER = {"in_proj.weight": "in_proj.weight", "out_proj.weight": "out_proj.weight", "in_proj.bias": "in_proj.bias",
+                "out_proj.bias": "out_proj.bias",
                 "conv1d.weight": "conv_weight", "conv1d.bias": "conv_bias", "dt_bias": "dt_bias", "A_log": "A_log",
                 "D": "D", "norm.weight": "norm.weight"}
 _SSM_PART = {k: v.removeprefix("ssm.") for k, v in MAMBA1_MIXER.items() if v.startswith("ssm.")}
+
+
+def _options(**settings):
+    """mixer_options holding only the settings that differ from the mixers' defaults (keeps configs short)."""
+    defaults = {"bias": False, "conv_bias": True}
+    return {k: v for k, v in settings.items() if defaults.get(k, object()) != v}
 
 
 def _fail(source, message):
@@ -149,26 +157,27 @@ def mamba_ssm_plan(config: dict, source) -> tuple[dict, dict]:
     vocab = config["vocab_size"]
     multiple = config.get("pad_vocab_size_multiple", 8) or 1
     vocab += (-vocab) % multiple  # MambaLMHeadModel pads the vocabulary
+    bias, conv_bias = bool(ssm.get("bias", False)), bool(ssm.get("conv_bias", True))
     _require(source, [("rms_norm", config.get("rms_norm", True), True),
                       ("d_intermediate", config.get("d_intermediate", 0), 0),
                       ("attn_layer_idx", list(config.get("attn_layer_idx") or []), []),
-                      ("ssm_cfg.layer", layer in ("Mamba1", "Mamba2"), True),
-                      ("ssm_cfg.bias", ssm.get("bias", False), False),
-                      ("ssm_cfg.conv_bias", ssm.get("conv_bias", True), True)])
+                      ("ssm_cfg.layer", layer in ("Mamba1", "Mamba2"), True)])
     kwargs = dict(vocab_size=vocab, d_model=d_model, n_layer=config["n_layer"], d_conv=ssm.get("d_conv", 4),
                   expand=ssm.get("expand", 2), norm_eps=config.get("norm_epsilon", 1e-5),
                   tie_embeddings=config.get("tie_embeddings", True))
     if layer == "Mamba1":
-        kwargs.update(mixer="mamba", d_state=ssm.get("d_state", 16), dt_rank=_dt_rank(ssm.get("dt_rank"), d_model, source))
+        kwargs.update(mixer="mamba", d_state=ssm.get("d_state", 16), dt_rank=_dt_rank(ssm.get("dt_rank"), d_model, source),
+                      mixer_options=_options(bias=bias, conv_bias=conv_bias))
         return kwargs, MAMBA1_MIXER
     _require(source, [("ssm_cfg.ngroups", ssm.get("ngroups", 1), 1), ("ssm_cfg.d_ssm", ssm.get("d_ssm"), None),
+                      ("ssm_cfg.conv_bias", conv_bias, True),
                       ("ssm_cfg.D_has_hdim", ssm.get("D_has_hdim", False), False),
                       ("ssm_cfg.rmsnorm", ssm.get("rmsnorm", True), True),
                       ("ssm_cfg.norm_before_gate", ssm.get("norm_before_gate", False), False),
                       ("ssm_cfg.dt_limit", _limit(ssm.get("dt_limit", (0.0, math.inf)), source, "dt_limit"),
                        [0.0, math.inf])])
     kwargs.update(mixer="mamba2", d_state=ssm.get("d_state", 128), headdim=ssm.get("headdim", 64),
-                  chunk_size=ssm.get("chunk_size", 256))
+                  mixer_options=_options(chunk_size=ssm.get("chunk_size", 256), bias=bias))
     return kwargs, MAMBA2_MIXER
 
 
@@ -177,23 +186,25 @@ def transformers_plan(config: dict, source) -> tuple[dict, dict]:
     mamba2 = config.get("model_type") == "mamba2" or "Mamba2ForCausalLM" in (config.get("architectures") or [])
     d_model = config.get("hidden_size", 768 if not mamba2 else 4096)
     eps = config.get("layer_norm_epsilon", 1e-5)
-    _require(source, [("hidden_act", config.get("hidden_act", "silu"), "silu"),
-                      ("use_bias", config.get("use_bias", False), False),
-                      ("use_conv_bias", config.get("use_conv_bias", True), True)])
+    bias, conv_bias = bool(config.get("use_bias", False)), bool(config.get("use_conv_bias", True))
+    _require(source, [("hidden_act", config.get("hidden_act", "silu"), "silu")])
     kwargs = dict(vocab_size=config.get("vocab_size", 32768 if mamba2 else 50280), d_model=d_model,
                   n_layer=config.get("num_hidden_layers", 64 if mamba2 else 32), d_conv=config.get("conv_kernel", 4),
                   expand=config.get("expand", 2), norm_eps=eps,
                   tie_embeddings=config.get("tie_word_embeddings", not mamba2))
     if not mamba2:
         kwargs.update(mixer="mamba", d_state=config.get("state_size", 16),
-                      dt_rank=_dt_rank(config.get("time_step_rank"), d_model, source))
+                      dt_rank=_dt_rank(config.get("time_step_rank"), d_model, source),
+                      mixer_options=_options(bias=bias, conv_bias=conv_bias))
         return kwargs, MAMBA1_MIXER
     head_dim, heads = config.get("head_dim", 64), config.get("num_heads", 128)
     limit = _limit(config.get("time_step_limit", (0.0, math.inf)), source, "time_step_limit")
     _require(source, [("n_groups", config.get("n_groups", 8), 1), ("time_step_limit", limit, [0.0, math.inf]),
+                      ("use_conv_bias", conv_bias, True),
                       ("num_heads * head_dim", heads * head_dim, kwargs["expand"] * d_model)])
+    # transformers' gated RMSNorm inside the mixer uses layer_norm_epsilon too
     kwargs.update(mixer="mamba2", d_state=config.get("state_size", 128), headdim=head_dim,
-                  chunk_size=config.get("chunk_size", 256), mixer_norm_eps=eps)
+                  mixer_options=_options(chunk_size=config.get("chunk_size", 256), norm_eps=eps, bias=bias))
     return kwargs, MAMBA2_MIXER
 
 

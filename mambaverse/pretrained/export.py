@@ -16,25 +16,29 @@ from .convert import MAMBA1_MIXER, MAMBA2_MIXER
 
 
 def transformers_config(model: nn.Module) -> dict:
-    """The transformers MambaConfig / Mamba2Config (as a dict) of a MambaLM."""
+    """The transformers MambaConfig / Mamba2Config (as a dict) of a MambaLM, read off its built layers.
+    Raises ConfigError for a model transformers cannot express (not a MambaLM, grouped Mamba-2, ...)."""
     c = getattr(model, "config", {})
     if c.get("builder") != "MambaLM":
         raise ConfigError(f"export: {type(model).__name__} is not a MambaLM; only a causal LM has a transformers layout")
+    mixer = model.backbone.layers[0].mixer
     common = dict(vocab_size=c["vocab_size"], hidden_size=c["d_model"], num_hidden_layers=c["n_layer"],
-                  expand=c["expand"], conv_kernel=c["d_conv"], layer_norm_epsilon=c["norm_eps"], use_bias=False,
-                  use_conv_bias=True, hidden_act="silu", residual_in_fp32=True,
+                  expand=c["expand"], conv_kernel=c["d_conv"], layer_norm_epsilon=c["norm_eps"],
+                  use_bias=mixer.in_proj.bias is not None, hidden_act="silu", residual_in_fp32=True,
                   tie_word_embeddings=bool(c["tie_embeddings"]))
     if c["mixer"] == "mamba":
-        mixer = model.backbone.layers[0].mixer
-        return dict(architectures=["MambaForCausalLM"], model_type="mamba", state_size=c["d_state"],
-                    time_step_rank=mixer.ssm.dt_rank, intermediate_size=c["expand"] * c["d_model"], **common)
-    if c["mixer_norm_eps"] != c["norm_eps"]:
-        raise ConfigError(f"export: mixer_norm_eps={c['mixer_norm_eps']} differs from norm_eps={c['norm_eps']}; "
-                          "transformers' Mamba2 uses one layer_norm_epsilon for both")
-    d_inner = c["expand"] * c["d_model"]
-    return dict(architectures=["Mamba2ForCausalLM"], model_type="mamba2", state_size=c["d_state"],
-                head_dim=c["headdim"], num_heads=d_inner // c["headdim"], n_groups=1, chunk_size=c["chunk_size"],
-                time_step_rank=-(-c["d_model"] // 16), **common)
+        return dict(architectures=["MambaForCausalLM"], model_type="mamba", state_size=mixer.ssm.d_state,
+                    time_step_rank=mixer.ssm.dt_rank, intermediate_size=mixer.d_inner,
+                    use_conv_bias=mixer.ssm.conv_bias is not None, **common)
+    if c["mixer"] != "mamba2":
+        raise ConfigError(f"export: mixer={c['mixer']!r}; transformers has layouts for 'mamba' and 'mamba2' only")
+    problems = [f"{name}={got} (transformers: {want})" for name, got, want in
+                [("ngroups", mixer.ngroups, 1), ("mixer norm eps", mixer.norm.eps, c["norm_eps"])] if got != want]
+    if problems:
+        raise ConfigError(f"export: this Mamba2 has {', '.join(problems)}; transformers' Mamba2 cannot express it")
+    return dict(architectures=["Mamba2ForCausalLM"], model_type="mamba2", state_size=mixer.d_state,
+                head_dim=mixer.headdim, num_heads=mixer.nheads, n_groups=1, chunk_size=mixer.chunk_size,
+                use_conv_bias=True, time_step_rank=-(-c["d_model"] // 16), **common)
 
 
 def transformers_state(model: nn.Module) -> dict:

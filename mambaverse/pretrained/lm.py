@@ -6,8 +6,6 @@ causal LM training on any token vocabulary.
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 import torch.nn as nn
 
@@ -24,35 +22,32 @@ class MambaLM(nn.Module):
 
     Args:
         vocab_size: rows of the embedding (a converted checkpoint keeps its padded size, e.g. 50280).
-        d_model, n_layer, mixer, d_state, d_conv, expand, dt_rank, headdim, chunk_size, norm_eps, backend:
+        d_model, n_layer, mixer, d_state, d_conv, expand, dt_rank, headdim, norm_eps, backend, mixer_options:
             those of :class:`CausalBackbone` (dt_rank None = ceil(d_inner / 16) there; conversions set it
-            explicitly, since mamba-ssm and transformers use ceil(d_model / 16)).
+            explicitly, since mamba-ssm and transformers use ceil(d_model / 16)). ``mixer_options`` carries the
+            mixer's own settings, e.g. ``{"chunk_size": 256, "norm_eps": 1e-5}`` for Mamba-2 (its SSD chunk and
+            gated-RMSNorm epsilon) or ``{"bias": True}``.
         tie_embeddings: share one (vocab_size, d_model) matrix between ``embedding`` and ``lm_head``.
-        mixer_norm_eps: epsilon of the gated RMSNorm inside each Mamba-2 mixer (mamba-ssm uses 1e-5;
-            transformers' Mamba2 uses ``layer_norm_epsilon``).
 
     forward: ``input_ids`` (B, L) int64 -> logits (B, L, vocab_size) in the parameters' dtype.
-    Raises ShapeError for input that is not a 2-D integer tensor.
+    Raises ConfigError for a bad hyperparameter (as CausalBackbone does) and ShapeError for input that is
+    not a 2-D integer tensor.
     """
 
     def __init__(self, vocab_size: int = 256, d_model: int = 128, n_layer: int = 4, mixer: str = "mamba",
-                 d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int | None = None, headdim: int = 32,
-                 chunk_size: int = 64, norm_eps: float = 1e-5, tie_embeddings: bool = True,
-                 mixer_norm_eps: float = 1e-5, backend: str = "auto"):
+                 d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int | None = None,
+                 headdim: int | None = None, norm_eps: float = 1e-5, tie_embeddings: bool = True,
+                 backend: str = "auto", mixer_options: dict | None = None):
         super().__init__()
-        if vocab_size < 1:
-            raise ConfigError(f"MambaLM: vocab_size={vocab_size}; expected a positive int")
+        if not isinstance(vocab_size, int) or vocab_size < 1:
+            raise ConfigError(f"MambaLM: vocab_size={vocab_size!r}; expected a positive int")
+        if not isinstance(mixer, str):
+            raise ConfigError(f"MambaLM: mixer={mixer!r}; expected a registered mixer name (a config stores names)")
         self.vocab_size, self.d_model = vocab_size, d_model
         self.embedding = nn.Embedding(vocab_size, d_model)
-        shared = dict(d_model=d_model, n_layer=n_layer, mixer=mixer, d_state=d_state, d_conv=d_conv, expand=expand,
-                      dt_rank=dt_rank, norm_eps=norm_eps, backend=backend)
-        if "mixer_options" in inspect.signature(CausalBackbone.__init__).parameters:
-            options = dict(headdim=headdim, chunk_size=chunk_size, norm_eps=mixer_norm_eps) if mixer == "mamba2" else {}
-            self.backbone = CausalBackbone(**shared, mixer_options=options)
-        else:  # a CausalBackbone without mixer_options: the gated norm's eps is set on each mixer
-            self.backbone = CausalBackbone(**shared, headdim=headdim, chunk_size=chunk_size)
-            for layer in self.backbone.layers if mixer == "mamba2" and mixer_norm_eps != 1e-5 else ():
-                layer.mixer.norm.eps = mixer_norm_eps
+        self.backbone = CausalBackbone(d_model=d_model, n_layer=n_layer, mixer=mixer, d_state=d_state, d_conv=d_conv,
+                                       expand=expand, dt_rank=dt_rank, headdim=headdim, norm_eps=norm_eps,
+                                       backend=backend, mixer_options=mixer_options)
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
         # mamba-ssm's initialisation of the embedding (normal, std 0.02)
         nn.init.normal_(self.embedding.weight, std=0.02)
