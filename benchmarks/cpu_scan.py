@@ -48,7 +48,7 @@ def run_case(backend: str, length: int, d: int, n: int, repeats: int) -> dict:
     global torch
     import torch
 
-    from mambaverse.ops.scan import selective_scan_naive, selective_scan_torch
+    from mambaverse.ops import selective_scan_naive, selective_scan_torch
 
     torch.manual_seed(0)
     inputs = dict(u=torch.randn(1, d, length), delta=torch.rand(1, d, length) * 0.1 + 0.001,

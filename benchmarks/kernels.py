@@ -42,9 +42,9 @@ except ImportError:
 from mambaverse.kernels import _scan as kscan  # noqa: E402
 from mambaverse.kernels import (bidirectional_scan_triton, causal_conv1d_triton,  # noqa: E402
                                 cross_selective_scan_triton, selective_scan_triton, set_config)
-from mambaverse.ops.conv import causal_conv1d_torch  # noqa: E402
+from mambaverse.ops.causal_conv1d import causal_conv1d_torch  # noqa: E402
 from mambaverse.ops.cross_scan import cross_selective_scan_reference  # noqa: E402
-from mambaverse.ops.scan import selective_scan_naive  # noqa: E402
+from mambaverse.ops import selective_scan_naive  # noqa: E402
 
 try:
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
@@ -382,28 +382,6 @@ def time_bidir(bw, cfg):
     log(f"| BidirectionalMamba block d_model={dm} B=4 L={Lb} (ours: fused conv + fused bidir scan; anchor: 2 mamba-ssm Mamba(use_fast_path=False), flips) | fwd+bwd | {t_ours:.3f} | {t_anchor:.3f} | {t_ours / t_anchor:.2f} | |")
 
 
-def diagnose():
-    """Where the backward's time goes at B=4 D=1536 L=8192 (timing only; DIAG>0 gives wrong dB/dC)."""
-    b, d, l = 4, 1536, 8192
-    parity_full((b, d, l))
-    ts = make(b, d, l)
-    seed = torch.randn(b, d, l, device=DEV, dtype=torch.bfloat16)
-    log("")
-    log("| bwd config | fwd+bwd normal | no dB/dC atomics | no dB/dC reductions+atomics |")
-    log("|---|---|---|---|")
-    for cfg in [(2, 16, 1), (4, 16, 2), (8, 16, 4), (8, 32, 4)]:
-        row = []
-        for diag in (0, 1, 2):
-            set_config(fwd=(8, 16, 4), bwd=cfg)
-            kscan._CONFIG["diag"] = diag
-            row.append(bench(lambda: ours(ts).backward(seed), grad_to_none=ts, rep=100))
-        kscan._CONFIG["diag"] = 0
-        log(f"| {cfg} | " + " | ".join(f"{t:.3f}" for t in row) + " |")
-    with torch.no_grad():
-        set_config(fwd=(8, 32, 4), bwd=(2, 16, 1))
-        log(f"fwd alone (8, 32, 4): {bench(lambda: ours(ts)):.3f} ms")
-
-
 def copy_bandwidth():
     x = torch.empty(1 << 30, dtype=torch.uint8, device=DEV)
     y = torch.empty_like(x)
@@ -416,7 +394,6 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results/kernels_h100.md")
     ap.add_argument("--skip-parity", action="store_true")
-    ap.add_argument("--diag", action="store_true", help="only the backward cost breakdown (one shape)")
     args = ap.parse_args()
     global OUT_PATH
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -435,9 +412,6 @@ def main():
     log(f"- torch {torch.__version__}, triton {triton.__version__}, mamba-ssm {MAMBA_VERSION}, python {sys.version.split()[0]}")
     log(f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}; produced by benchmarks/kernels.py in one run")
     log("- bf16 inputs, fp32 state; B, C shared (b, n, l); z and delta_bias given; softplus; N=16")
-    if args.diag:
-        diagnose()
-        return
     shapes = [(4, 1536, 8192), (1, 512, 1 << 20), (16, 2048, 2048)]
     if DRY:
         shapes = [(1, 8, 40), (1, 4, 64)]

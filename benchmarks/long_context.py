@@ -127,8 +127,8 @@ def versions(backend="auto"):
         v["mamba-ssm"] = mamba_ssm.__version__
     except ImportError:
         v["mamba-ssm"] = "-"
-    from mambaverse.ops.scan import resolve_backend
-    v["scan backend (ours)"] = resolve_backend(backend, torch.device("cuda"))
+    from mambaverse.ops import backends_for
+    v["scan backend (ours)"] = backend if backend != "auto" else "auto: first of " + ", ".join(backends_for("selective_scan", "cuda")) + " that serves each call"
     return v
 
 

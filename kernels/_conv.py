@@ -15,7 +15,6 @@ import torch
 import triton
 import triton.language as tl
 
-from mambaverse.errors import ShapeError
 
 
 @triton.jit
@@ -200,13 +199,13 @@ def causal_conv1d_triton(x, weight, bias=None, activation=None, reverse=False, i
 
     check_device("causal_conv1d_triton", x)
     if activation not in (None, "silu"):
-        raise ShapeError(f"causal_conv1d_triton: activation {activation!r} is unknown; expected None or 'silu'")
+        raise ValueError(f"causal_conv1d_triton: activation {activation!r} is unknown; expected None or 'silu'")
     if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
-        raise ShapeError(f"causal_conv1d_triton: x {tuple(x.shape)} / weight {tuple(weight.shape)}; expected (b, d, l) and (d, k)")
+        raise ValueError(f"causal_conv1d_triton: x {tuple(x.shape)} / weight {tuple(weight.shape)}; expected (b, d, l) and (d, k)")
     b, d, l = x.shape
     K = weight.shape[1]
     if initial_state is not None and tuple(initial_state.shape) != (b, d, K - 1):
-        raise ShapeError(f"causal_conv1d_triton: initial_state has shape {tuple(initial_state.shape)}, expected {(b, d, K - 1)}")
+        raise ValueError(f"causal_conv1d_triton: initial_state has shape {tuple(initial_state.shape)}, expected {(b, d, K - 1)}")
     y = _ConvFn.apply(x, weight, bias, initial_state, activation == "silu", bool(reverse))
     if not return_final_state:
         return y

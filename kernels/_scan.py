@@ -360,7 +360,7 @@ def _scan_bwd_kernel(
     MODE: tl.constexpr, REV: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DB: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, DIAG: tl.constexpr = 0,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     pid_d, pb, r, rr, sg = _program_ids(nseg, 0)
     offs_d, md, rows, offs_n, mn, offs_l, mdn = _block_offsets(pid_d, d, n, BLOCK_D, BLOCK_N, BLOCK_L)
@@ -468,17 +468,10 @@ def _scan_bwd_kernel(
         if HAS_D:
             du = du + dy * Dv[None, :]
             dD_acc += tl.sum(tl.where(mld, dy * u, 0.0), 0)
-        # DIAG (benchmarks/kernels.py --diag only, wrong dB/dC): 1 = reduce but skip the atomics,
-        # 2 = skip the channel reductions and the atomics; 0 = normal
-        if DIAG == 0:
-            dBt = tl.sum(G * dtu[:, :, None], 1)
-            dCt = tl.sum(Hs * dy[:, :, None], 1)
-            tl.atomic_add(dB_base + pp[:, None], dBt, mask=mln)
-            tl.atomic_add(dC_base + pp[:, None], dCt, mask=mln)
-        elif DIAG == 1:
-            dBt = tl.sum(G * dtu[:, :, None], 1)
-            dCt = tl.sum(Hs * dy[:, :, None], 1)
-            dD_acc += (tl.sum(tl.sum(dBt, 1), 0) + tl.sum(tl.sum(dCt, 1), 0)) * 0.0
+        dBt = tl.sum(G * dtu[:, :, None], 1)
+        dCt = tl.sum(Hs * dy[:, :, None], 1)
+        tl.atomic_add(dB_base + pp[:, None], dBt, mask=mln)
+        tl.atomic_add(dC_base + pp[:, None], dCt, mask=mln)
         if SOFTPLUS:
             ddt = ddt * tl.sigmoid(dt_raw)
         ddt = tl.where(mld, ddt, 0.0)
@@ -716,7 +709,6 @@ class _ScanFn(torch.autograd.Function):
             b, d, l, n, d // gB, d // gC, nck, spec.H, spec.W, nseg, seg_chunks,
             MODE=spec.mode, REV=spec.rev, HAS_D=has_D, HAS_Z=has_z, HAS_DB=has_db, SOFTPLUS=spec.softplus,
             HAS_DHT=has_dhT, STORE_DH0=has_h0, BLOCK_D=bdb, BLOCK_N=BLOCK_N, BLOCK_L=blb, num_warps=wb,
-            DIAG=int(_CONFIG.get("diag", 0)),
         )
 
         def finish(buf, red, like):

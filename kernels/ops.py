@@ -1,11 +1,12 @@
-"""Public Triton entry points with the signatures of the mambaverse ops (minus ``backend``)."""
+"""Public Triton entry points with the signatures of the mambaverse ops (minus ``backend``).
+
+Kernels import nothing of the core: bad arguments raise plain ValueError / RuntimeError, which the ops
+layer (the only caller) has already ruled out or turns into MambaverseError."""
 from __future__ import annotations
 
 import os
 
 import torch
-
-from mambaverse.errors import BackendUnavailableError, ShapeError
 
 from ._scan import _needs_grad, _ScanFn, _ScanSpec
 
@@ -16,7 +17,7 @@ def interpreting() -> bool:
 
 def check_device(name: str, t: torch.Tensor) -> None:
     if t.device.type != "cuda" and not interpreting():
-        raise BackendUnavailableError(
+        raise RuntimeError(
             f"{name}: the Triton kernels need CUDA tensors (got device {t.device}); use backend='torch' or set TRITON_INTERPRET=1")
 
 
@@ -42,7 +43,7 @@ def _pack(name, value, like=None):
     if not isinstance(value, (tuple, list)):
         return value
     if len(value) != 2:
-        raise ShapeError(f"bidirectional_scan_triton: {name} is a sequence of {len(value)}; expected one tensor or a pair")
+        raise ValueError(f"bidirectional_scan_triton: {name} is a sequence of {len(value)}; expected one tensor or a pair")
     f, r = value
     if f is None and r is None:
         return None
@@ -57,7 +58,7 @@ def _pack(name, value, like=None):
             g = max(f.shape[1], r.shape[1])
             f, r = f.expand(-1, g, -1, -1), r.expand(-1, g, -1, -1)
         else:
-            raise ShapeError(f"bidirectional_scan_triton: {name} has shapes {tuple(f.shape)} and {tuple(r.shape)} for the two directions; expected equal shapes")
+            raise ValueError(f"bidirectional_scan_triton: {name} has shapes {tuple(f.shape)} and {tuple(r.shape)} for the two directions; expected equal shapes")
     return torch.stack([f, r])
 
 
@@ -74,7 +75,7 @@ def bidirectional_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None
     Shared arguments are read by both directions through a zero direction stride (no copies); a
     (forward, reverse) pair is stacked. The reverse direction indexes time backwards (no flips)."""
     if combine not in ("add", "multiply", "stack"):
-        raise ShapeError(f"bidirectional_scan_triton: combine={combine!r}; expected 'add', 'multiply' or 'stack'")
+        raise ValueError(f"bidirectional_scan_triton: combine={combine!r}; expected 'add', 'multiply' or 'stack'")
     u0 = u[0] if isinstance(u, (tuple, list)) else u
     check_device("bidirectional_scan_triton", u0)
     args = [_pack("u", u), _pack("delta", delta), _pack("A", A), _pack("B", _pair_grouped(B)),
@@ -96,17 +97,17 @@ def cross_selective_scan_triton(x, delta, A, B, C, D=None, delta_bias=None, delt
     are summed."""
     check_device("cross_selective_scan_triton", x)
     if x.dim() != 4:
-        raise ShapeError(f"cross_selective_scan_triton: x has shape {tuple(x.shape)}, expected (b, c, h, w)")
+        raise ValueError(f"cross_selective_scan_triton: x has shape {tuple(x.shape)}, expected (b, c, h, w)")
     b, c, h, w = x.shape
     L = h * w
     n = A.shape[-1]
     if tuple(delta.shape) != (b, 4, c, L):
-        raise ShapeError(f"cross_selective_scan_triton: delta has shape {tuple(delta.shape)}, expected {(b, 4, c, L)}")
+        raise ValueError(f"cross_selective_scan_triton: delta has shape {tuple(delta.shape)}, expected {(b, 4, c, L)}")
     for name, t in (("B", B), ("C", C)):
         if tuple(t.shape) != (b, 4, n, L):
-            raise ShapeError(f"cross_selective_scan_triton: {name} has shape {tuple(t.shape)}, expected {(b, 4, n, L)}")
+            raise ValueError(f"cross_selective_scan_triton: {name} has shape {tuple(t.shape)}, expected {(b, 4, n, L)}")
     if tuple(A.shape) != (4 * c, n):
-        raise ShapeError(f"cross_selective_scan_triton: A has shape {tuple(A.shape)}, expected {(4 * c, n)}")
+        raise ValueError(f"cross_selective_scan_triton: A has shape {tuple(A.shape)}, expected {(4 * c, n)}")
     u = x.reshape(b, c, L)
     spec = _ScanSpec(4, 2, H=h, W=w, softplus=bool(delta_softplus),
                      need_ck=_needs_grad(x, delta, A, B, C, D, delta_bias))

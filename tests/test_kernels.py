@@ -15,10 +15,11 @@ import torch  # noqa: E402
 triton = pytest.importorskip("triton")
 
 from mambaverse.errors import BackendUnavailableError, ShapeError  # noqa: E402
-from mambaverse.ops.bidirectional import bidirectional_scan_reference  # noqa: E402
-from mambaverse.ops.conv import causal_conv1d_torch  # noqa: E402
+from mambaverse.ops.bidirectional_scan import bidirectional_scan_reference  # noqa: E402
+from mambaverse.ops.causal_conv1d import causal_conv1d_torch  # noqa: E402
 from mambaverse.ops.cross_scan import cross_selective_scan_reference  # noqa: E402
-from mambaverse.ops.scan import available_backends, resolve_backend, selective_scan_naive  # noqa: E402
+from mambaverse.ops import available_backends, causal_conv1d, cross_selective_scan, selective_scan, selective_scan_naive  # noqa: E402
+from mambaverse.ops.dispatch import select  # noqa: E402
 from mambaverse import kernels  # noqa: E402
 from mambaverse.kernels import (bidirectional_scan_triton, causal_conv1d_triton,  # noqa: E402
                                 cross_selective_scan_triton, selective_scan_triton, set_config)
@@ -184,14 +185,16 @@ def test_scan_no_grad_path_matches():
 def test_scan_bad_device_raises(monkeypatch):
     u, delta, A, B, C, *_ = scan_inputs(1, 4, 8, 4, torch.float32)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(BackendUnavailableError, match="CUDA"):
+    with pytest.raises(RuntimeError, match="CUDA"):  # kernels raise plain errors; the ops layer names the backend
         selective_scan_triton(u, delta, A, B, C)
+    with pytest.raises(BackendUnavailableError, match="backend 'triton' is unavailable on device cpu"):
+        selective_scan(u, delta, A, B, C, backend="triton")
 
 
 def test_auto_backend_is_not_triton_on_cpu():
     assert not kernels.triton_available("cpu")
-    assert resolve_backend("auto", torch.device("cpu")) != "triton"
-    assert "triton" not in available_backends("cpu")
+    assert select("selective_scan", "auto", torch.device("cpu"), torch.float32, set()).name == "torch"
+    assert available_backends("cpu")[:2] == ["torch", "naive"]  # triton only when named (interpreter)
 
 
 # ----------------------------------------------------------------------------- bidirectional
@@ -270,9 +273,11 @@ def test_cross_scan(hw, dtype):
 
 def test_cross_scan_bad_shape():
     x = torch.randn(1, 2, 3, 3)
-    with pytest.raises(ShapeError, match="delta"):
-        cross_selective_scan_triton(x, torch.randn(1, 4, 2, 8), -torch.rand(8, 4), torch.randn(1, 4, 4, 9),
-                                    torch.randn(1, 4, 4, 9))
+    args = (x, torch.randn(1, 4, 2, 8), -torch.rand(8, 4), torch.randn(1, 4, 4, 9), torch.randn(1, 4, 4, 9))
+    with pytest.raises(ValueError, match="delta"):  # the kernel itself: a plain error
+        cross_selective_scan_triton(*args)
+    with pytest.raises(ShapeError, match="delta"):  # through the op: the project's one-line error
+        cross_selective_scan(*args, backend="triton")
 
 
 # ----------------------------------------------------------------------------- causal conv1d
@@ -310,5 +315,8 @@ def test_causal_conv1d_bf16_no_bias_no_state():
 
 
 def test_causal_conv1d_bad_state_shape():
+    args = (torch.randn(1, 2, 8), torch.randn(2, 4))
+    with pytest.raises(ValueError, match="initial_state"):
+        causal_conv1d_triton(*args, initial_state=torch.randn(1, 2, 2))
     with pytest.raises(ShapeError, match="initial_state"):
-        causal_conv1d_triton(torch.randn(1, 2, 8), torch.randn(2, 4), initial_state=torch.randn(1, 2, 2))
+        causal_conv1d(*args, initial_state=torch.randn(1, 2, 2), backend="triton")

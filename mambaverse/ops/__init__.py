@@ -1,8 +1,19 @@
-"""Ops layer: one public function per op, dispatching to backends. The only importer of mambaverse.kernels."""
-from .bidirectional import bidirectional_scan
-from .conv import causal_conv1d, causal_conv1d_step
+"""Ops layer: one folder per op (public function, ``naive``/``torch`` backends, wrappers of the Triton kernels
+and of mamba-ssm), one capability table (``dispatch.TABLE``) that ``auto``, the errors and the docs read.
+The only importer of ``mambaverse.kernels``."""
+from .bidirectional_scan import bidirectional_scan
+from .causal_conv1d import causal_conv1d, causal_conv1d_step
 from .cross_scan import cross_merge, cross_scan, cross_selective_scan
-from .scan import available_backends, selective_scan, selective_scan_naive, selective_scan_torch
+from .dispatch import backends_for, capability_markdown
+from .selective_scan import selective_scan, selective_scan_naive, selective_scan_torch
+from .ssd import ssd_scan
 
-__all__ = ["available_backends", "bidirectional_scan", "causal_conv1d", "causal_conv1d_step", "cross_merge",
-           "cross_scan", "cross_selective_scan", "selective_scan", "selective_scan_naive", "selective_scan_torch"]
+
+def available_backends(device="cpu") -> list[str]:
+    """selective_scan's backends available on ``device``: those ``auto`` may pick (best first), then the rest."""
+    return backends_for("selective_scan", device)
+
+
+__all__ = ["available_backends", "backends_for", "bidirectional_scan", "capability_markdown", "causal_conv1d",
+           "causal_conv1d_step", "cross_merge", "cross_scan", "cross_selective_scan", "selective_scan",
+           "selective_scan_naive", "selective_scan_torch", "ssd_scan"]

@@ -10,13 +10,31 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ShapeError
-from .scan import check_scan_inputs, selective_scan, use_fused_kernel
+from ...errors import ShapeError
+from ..dispatch import REAL_DTYPES, Backend, register_backend, select, triton_kernel
+from ..selective_scan import check_scan_inputs, selective_scan
+from ..selective_scan.common import compute_dtype
+from .triton import cross_selective_scan_triton
 
 ROUTES = 4
+OP = "cross_selective_scan"
+
+
+def _passes(*args, **kwargs):
+    return cross_selective_scan_reference(*args, **kwargs, backend="auto")
+
+
+# "scan": cross_scan copies, one selective_scan over the 4 routes' channels (dispatched by its own table),
+# cross_merge. "triton": the fused kernel that reads each route by index arithmetic (no copies).
+register_backend(Backend(OP, "scan", _passes, frozenset(), available=lambda device: True, rank={"cuda": 0, "cpu": 0},
+                         note="cross_scan + one selective_scan pass + cross_merge"))
+register_backend(Backend(OP, "triton", cross_selective_scan_triton, frozenset(), REAL_DTYPES,
+                         triton_kernel("cross_selective_scan_triton"), {"cuda": 1},
+                         "fused: the 4 routes in one launch, no copies"))
 
 
 def cross_scan(x: torch.Tensor) -> torch.Tensor:
+    """x (b, c, h, w) -> (b, 4, c, h*w), the four routes of the module docstring."""
     if x.dim() != 4:
         raise ShapeError(f"cross_scan: x has shape {tuple(x.shape)}, expected (b, c, h, w)")
     b, c, h, w = x.shape
@@ -26,6 +44,7 @@ def cross_scan(x: torch.Tensor) -> torch.Tensor:
 
 
 def cross_merge(y: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """y (b, 4, c, h*w) -> (b, c, h, w): each route back to its pixels, summed."""
     if y.dim() != 4 or y.shape[1] != ROUTES or y.shape[3] != h * w:
         raise ShapeError(f"cross_merge: y has shape {tuple(y.shape)}, expected (b, 4, c, {h * w}) for h={h}, w={w}")
     b, _, c, _ = y.shape
@@ -35,6 +54,7 @@ def cross_merge(y: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 def cross_selective_scan_reference(x, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, backend="auto"):
+    """The unfused path: cross_scan, one selective_scan over the 4 routes' channels on ``backend``, cross_merge."""
     b, c, h, w = x.shape
     L = h * w
     xs = cross_scan(x).reshape(b, ROUTES * c, L)
@@ -47,7 +67,13 @@ def cross_selective_scan(x, delta, A, B, C, D=None, delta_bias=None, delta_softp
     """Scan an image along its four routes with per-route parameters, then merge.
 
     x (b, c, h, w); delta (b, 4, c, h*w), B and C (b, 4, n, h*w), each in its route's own scan order;
-    A (4*c, n), D and delta_bias (4*c,). Returns (b, c, h, w), the sum of the four routes.
+    A (4*c, n), D and delta_bias (4*c,). Returns (b, c, h, w), the sum of the four routes (VMamba's SS2D,
+    Liu et al. 2024). ``backend``: auto (the table's order: the unfused pass, then the fused kernel), triton
+    (fused), or any selective_scan backend name (the unfused pass on it).
+
+    Raises:
+        ShapeError: an argument breaks the contract.
+        BackendUnavailableError: the named backend is unknown, unavailable here, or lacks a capability.
     """
     if x.dim() != 4:
         raise ShapeError(f"cross_selective_scan: x has shape {tuple(x.shape)}, expected (b, c, h, w)")
@@ -55,8 +81,9 @@ def cross_selective_scan(x, delta, A, B, C, D=None, delta_bias=None, delta_softp
     if tuple(delta.shape) != (b, ROUTES, c, h * w):
         raise ShapeError(f"cross_selective_scan: delta has shape {tuple(delta.shape)}, expected {(b, ROUTES, c, h * w)}")
     check_scan_inputs(x.new_empty(b, ROUTES * c, h * w), delta.reshape(b, ROUTES * c, h * w), A, B, C, D, None, delta_bias)
-    if use_fused_kernel("cross_selective_scan_triton", x.device, backend):
-        from ..kernels import cross_selective_scan_triton
-
-        return cross_selective_scan_triton(x, delta, A, B, C, D, delta_bias, delta_softplus)
+    dtype = compute_dtype(x, delta, A, B, C, D, delta_bias)
+    if backend in ("auto", "triton"):
+        row = select(OP, backend, x.device, dtype if dtype == torch.float64 else x.dtype, set())
+        if row.name == "triton":
+            return cross_selective_scan_triton(x, delta, A, B, C, D, delta_bias, delta_softplus)
     return cross_selective_scan_reference(x, delta, A, B, C, D, delta_bias, delta_softplus, backend)

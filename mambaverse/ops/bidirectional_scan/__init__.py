@@ -9,10 +9,28 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ShapeError
-from .scan import check_scan_inputs, selective_scan, use_fused_kernel
+from ...errors import ShapeError
+from ..dispatch import REAL_DTYPES, Backend, register_backend, select, triton_kernel
+from ..selective_scan import check_scan_inputs, selective_scan
+from ..selective_scan.common import compute_dtype
+from .triton import bidirectional_scan_triton
 
 COMBINES = ("add", "multiply", "stack")
+OP = "bidirectional_scan"
+
+
+def _passes(*args, **kwargs):
+    return bidirectional_scan_reference(*args, **kwargs, backend="auto")
+
+
+# "scan": two selective_scan calls, each dispatched by selective_scan's own table. The fused kernel is
+# measured about 2x slower than two of our own passes (benchmarks/results/kernels_h100.md), so auto never
+# picks it; backend="triton" asks for it explicitly.
+register_backend(Backend(OP, "scan", _passes, frozenset({"reverse", "grouped"}), available=lambda device: True,
+                         rank={"cuda": 0, "cpu": 0}, note="two selective_scan passes (any of its backends)"))
+register_backend(Backend(OP, "triton", bidirectional_scan_triton, frozenset({"reverse", "grouped"}), REAL_DTYPES,
+                         triton_kernel("bidirectional_scan_triton"), {},
+                         "fused: both directions in one launch, no flips; slower than two passes today"))
 
 
 def _pair(name, value):
@@ -33,6 +51,7 @@ def combine_directions(out_f, out_r, combine):
 
 def bidirectional_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                                  combine="add", backend="auto"):
+    """Two selective_scan passes (forward, then reverse) on ``backend``, combined: the unfused path."""
     pairs = [_pair(n, v) for n, v in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D),
                                       ("delta_bias", delta_bias))]
     outs = []
@@ -45,7 +64,15 @@ def bidirectional_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=N
 
 def bidirectional_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        combine="add", backend="auto"):
-    """Both directions of a selective scan, combined; see the module docstring."""
+    """Both directions of a selective scan, combined (Caduceus' BiMamba, Vim); see the module docstring.
+
+    ``backend``: auto (two selective_scan passes, each dispatched by its own capability table), triton (the
+    fused kernel), or any selective_scan backend name (both passes on it).
+
+    Raises:
+        ShapeError: an argument breaks the contract.
+        BackendUnavailableError: the named backend is unknown, unavailable here, or lacks a capability.
+    """
     if combine not in COMBINES:
         raise ShapeError(f"bidirectional_scan: combine={combine!r}; expected one of {COMBINES}")
     pairs = [_pair(n, v) for n, v in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D),
@@ -53,8 +80,11 @@ def bidirectional_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     for direction in (0, 1):
         uu, dd, AA, BB, CC, DD, bb = (p[direction] for p in pairs)
         check_scan_inputs(uu, dd, AA, BB, CC, DD, z, bb)
-    if use_fused_kernel("bidirectional_scan_triton", pairs[0][0].device, backend):
-        from ..kernels import bidirectional_scan_triton
-
-        return bidirectional_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, combine)
+    u0, B0 = pairs[0][0], pairs[3][0]
+    dtype = compute_dtype(*(t for p in pairs for t in p))
+    needs = {"grouped"} if B0.dim() == 4 else set()
+    if backend in ("auto", "triton"):
+        row = select(OP, backend, u0.device, dtype if dtype == torch.float64 else u0.dtype, needs)
+        if row.name == "triton":
+            return bidirectional_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, combine)
     return bidirectional_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, combine, backend)
