@@ -397,8 +397,8 @@ def test_convert_refuses_to_overwrite_without_the_flag(tmp_path):
     with pytest.raises(mv.ConfigError, match="pass --overwrite"):
         convert_main([str(tmp_path / "ssm"), str(tmp_path / "out")])
     assert convert_main([str(tmp_path / "ssm" / "config.json"), str(tmp_path / "out"), "--overwrite"]) == 0
+    caduceus_checkpoint(tmp_path / "cad", rcps=False, fused=False)
     with pytest.raises(mv.ConfigError, match="not a MambaLM"):
-        caduceus_checkpoint(tmp_path / "cad", rcps=False, fused=False)
         convert_main([str(tmp_path / "cad"), str(tmp_path / "cad_hf"), "--to", "transformers"])
 
 
