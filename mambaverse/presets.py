@@ -8,9 +8,9 @@ from .registry import preset
 
 preset("causal_tiny", CausalBackbone, d_model=64, n_layer=2, d_state=16)
 preset("causal_mamba2_tiny", CausalBackbone, d_model=64, n_layer=2, mixer="mamba2", d_state=32, headdim=16)
-preset("bimamba_tiny", BidirectionalBackbone, d_model=64, n_layer=2, variant="caduceus", strategy="add")
+preset("bimamba_tiny", BidirectionalBackbone, d_model=64, n_layer=2, variant="caduceus", combine="add")
 preset("vim_v2_tiny", BidirectionalBackbone, d_model=64, n_layer=2, variant="vim_v2")
-preset("caduceus_ps_tiny", RCPSBackbone, d_model=64, n_layer=2, variant="caduceus", strategy="add")
+preset("caduceus_ps_tiny", RCPSBackbone, d_model=64, n_layer=2, variant="caduceus", combine="add")
 
 # paper-sized
 preset("mamba_130m", CausalBackbone, d_model=768, n_layer=24)

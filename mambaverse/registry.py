@@ -41,11 +41,18 @@ def get_builder(name: str) -> type:
     Raises:
         ConfigError: no installed package registers a builder of that name.
     """
-    if name not in _BUILDERS:
+    return _lookup(_BUILDERS, name, "builder")
+
+
+def _lookup(table: dict, name: str, what: str):
+    """table[name], loading the domain plugins first if the name is unknown; ConfigError if still unknown."""
+    if name not in table:
         load_plugins()
-    if name not in _BUILDERS:
-        raise ConfigError(f"unknown builder {name!r}; expected one of {sorted(_BUILDERS)}{_failed_plugins()}")
-    return _BUILDERS[name]
+    if name not in table:
+        close = fnmatch.filter(table, f"*{name.split('_')[0]}*")
+        raise ConfigError(f"unknown {what} {name!r}; expected one of {sorted(table)}"
+                          + (f" (similar: {sorted(close)})" if close else "") + _failed_plugins())
+    return table[name]
 
 
 def register_model(name: str):
@@ -110,13 +117,7 @@ def get_preset(name: str) -> Callable:
     Raises:
         ConfigError: no installed package registers a preset of that name.
     """
-    if name not in _PRESETS:
-        load_plugins()
-    if name not in _PRESETS:
-        close = fnmatch.filter(_PRESETS, f"*{name.split('_')[0]}*")
-        raise ConfigError(f"unknown model preset {name!r}; expected one of {sorted(_PRESETS)}"
-                          + (f" (similar: {sorted(close)})" if close else "") + _failed_plugins())
-    return _PRESETS[name]
+    return _lookup(_PRESETS, name, "model preset")
 
 
 def create_model(name: str, **overrides):

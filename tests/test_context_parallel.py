@@ -22,8 +22,8 @@ WORLD, D, L = 2, 8, 42
 CASES = [
     ("causal", dict(), None),
     ("causal", dict(), 8),  # chunked inside each rank's slice of 21: chunks 8, 8, 5
-    ("bidirectional", dict(variant="caduceus", strategy="add", tie_projections=True), None),
-    ("bidirectional", dict(variant="caduceus", strategy="ew_multiply", tie_projections=False), 8),
+    ("bidirectional", dict(variant="caduceus", combine="add", tie_projections=True), None),
+    ("bidirectional", dict(variant="caduceus", combine="multiply", tie_projections=False), 8),
 ]
 
 

@@ -62,15 +62,15 @@ def _causal_copy(bi: BidirectionalMamba, direction: str) -> Mamba:
     return mamba
 
 
-@pytest.mark.parametrize("variant, strategy, tie", [("caduceus", "add", True), ("caduceus", "add", False),
-                                                     ("caduceus", "ew_multiply", True),
-                                                     ("caduceus", "ew_multiply", False), ("vim_v2", "add", True)])
-def test_bidirectional_equals_explicit_flip_composition(variant, strategy, tie):
-    bi = BidirectionalMamba(16, d_state=4, variant=variant, strategy=strategy, tie_projections=tie)
+@pytest.mark.parametrize("variant, combine, tie", [("caduceus", "add", True), ("caduceus", "add", False),
+                                                    ("caduceus", "multiply", True),
+                                                    ("caduceus", "multiply", False), ("vim_v2", "add", True)])
+def test_bidirectional_equals_explicit_flip_composition(variant, combine, tie):
+    bi = BidirectionalMamba(16, d_state=4, variant=variant, combine=combine, tie_projections=tie)
     x = torch.randn(2, 21, 16)
     fwd = _causal_copy(bi, "fwd")(x)
     rev = _causal_copy(bi, "rev")(x.flip(1)).flip(1)
-    want = {"add": fwd + rev, "ew_multiply": fwd * rev}[strategy]
+    want = {"add": fwd + rev, "multiply": fwd * rev}[combine]
     if variant == "vim_v2":
         want = 0.5 * want
     assert close(bi(x), want)
@@ -200,3 +200,43 @@ def test_mamba2_mixer_chunked_path_matches_the_naive_scan():
     (g_chunked,) = torch.autograd.grad(chunked.square().sum(), x)
     (g_naive,) = torch.autograd.grad(naive.square().sum(), x)
     assert close(g_chunked, g_naive, 1e-4)
+
+
+def test_deprecated_strategy_alias_builds_the_same_model():
+    """Configs written before `combine` (strategy="ew_multiply") still build, with a DeprecationWarning."""
+    torch.manual_seed(0)
+    new = mv.BidirectionalBackbone(16, n_layer=1, combine="multiply")
+    with pytest.warns(DeprecationWarning, match="combine"):
+        old = mv.BidirectionalBackbone(16, n_layer=1, strategy="ew_multiply")
+    old.load_state_dict(new.state_dict())
+    x = torch.randn(2, 7, 16)
+    assert torch.equal(old(x), new(x)) and old.layers[0].mixer.combine_mode == "multiply"
+    with pytest.raises(mv.ConfigError, match="combine='sum'"):
+        mv.BidirectionalBackbone(16, n_layer=1, combine="sum")
+
+
+class _Conv1Mixer(torch.nn.Module):
+    """A mixer no backbone knows about: a depthwise causal conv (the backbone needs no edit to use it)."""
+
+    def __init__(self, d_model, width=3):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(d_model, d_model, width, groups=d_model, padding=width - 1)
+
+    def forward(self, hidden):
+        return self.conv(hidden.transpose(1, 2))[..., : hidden.shape[1]].transpose(1, 2)
+
+
+def test_backbone_takes_a_mixer_factory_and_mixer_options():
+    model = mv.CausalBackbone(16, n_layer=2, mixer=_Conv1Mixer, mixer_options={"width": 5})
+    assert [layer.mixer.conv.kernel_size for layer in model.layers] == [(5,), (5,)]
+    x = torch.randn(1, 9, 16)
+    y = model(x)
+    x2 = x.clone()
+    x2[:, 5:] += 1.0  # causal: changing the future leaves the past alone
+    assert torch.equal(model(x2)[:, :5], y[:, :5])
+    m2 = mv.CausalBackbone(32, n_layer=1, mixer="mamba2", d_state=8, mixer_options={"headdim": 8, "chunk_size": 4})
+    assert m2.layers[0].mixer.nheads == 8 and m2.layers[0].mixer.chunk_size == 4
+    with pytest.raises(mv.ConfigError, match="mixer_options \\['headdimm'\\]"):
+        mv.CausalBackbone(32, n_layer=1, mixer="mamba2", mixer_options={"headdimm": 8})
+    with pytest.raises(mv.ConfigError, match="chunk_len needs a mixer that carries state"):
+        mv.CausalBackbone(16, n_layer=1, mixer=_Conv1Mixer, chunk_len=4)

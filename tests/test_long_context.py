@@ -44,11 +44,11 @@ def test_causal_chunked_matches_unchunked(checkpoint_layers):
     _assert_same(_grads(plain, hidden, weight), _grads(chunked, hidden, weight))
 
 
-@pytest.mark.parametrize("variant,strategy,tie", [("caduceus", "add", True), ("caduceus", "ew_multiply", False),
+@pytest.mark.parametrize("variant,combine,tie", [("caduceus", "add", True), ("caduceus", "multiply", False),
                                                   ("vim_v2", "add", True)])
-def test_bidirectional_chunked_matches_unchunked(variant, strategy, tie):
+def test_bidirectional_chunked_matches_unchunked(variant, combine, tie):
     torch.manual_seed(1)
-    bb = BidirectionalBackbone(D, n_layer=2, variant=variant, strategy=strategy, tie_projections=tie,
+    bb = BidirectionalBackbone(D, n_layer=2, variant=variant, combine=combine, tie_projections=tie,
                                backend="torch").train()
     hidden, weight = _inputs(1)
     ref = _grads(bb, hidden, weight)
@@ -204,3 +204,23 @@ def test_warmup_bad_config_raises():
         SequenceLengthWarmup(target_len=8, interval="minute")
     with pytest.raises(ConfigError):
         SequenceLengthWarmup(target_len=8, start_len=2, mode="datamodule", interval="step")
+
+
+# ----------------------------------------------------------------------------- the mixers' state API
+@pytest.mark.parametrize("reverse", [False, True])
+def test_mixer_transfer_is_the_affine_map_of_the_segment(reverse):
+    """transfer(): the SSM state leaving is decay * h_in + (state leaving from zero), and conv_state_from()
+    is the conv part of the state leaving; both without computing outputs."""
+    from mambaverse.mixers import MixerState
+
+    torch.manual_seed(6)
+    m = BidirectionalMamba(D, tie_projections=False, backend="torch")
+    h = torch.randn(2, 13, D)
+    h_in = torch.randn(2, m.d_inner, 16)
+    conv_in = torch.randn(2, m.d_inner, 3)
+    decay, from_zero = m.transfer(h, reverse, MixerState(conv_in, None))
+    _, with_state = m.direction(h, reverse, MixerState(conv_in, h_in), return_final_state=True)
+    torch.testing.assert_close(decay * h_in + from_zero.ssm, with_state.ssm, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(from_zero.conv, with_state.conv)
+    torch.testing.assert_close(m.conv_state_from(h, reverse), with_state.conv)
+    assert decay.shape == (2, m.d_inner, 16) and bool(((decay > 0) & (decay < 1)).all())

@@ -1,6 +1,8 @@
 """Bidirectional backbones: Caduceus-PH / BiMamba and Vim-v2 stacks, and the RC-equivariant Caduceus-PS."""
 from __future__ import annotations
 
+import inspect
+
 import torch.nn as nn
 
 from ..configurable import builder
@@ -62,19 +64,15 @@ class RCPSBackbone(nn.Module):
 
     supports_context_parallel = False
 
-    def __init__(self, d_model: int = 128, n_layer: int = 4, variant: str = "caduceus", combine: str = "add",
-                 tie_projections: bool = True, d_state: int = D_STATE, d_conv: int = D_CONV, expand: int = EXPAND,
-                 dt_rank: int | None = None, norm_eps: float = 1e-5, checkpoint_layers: bool = False,
-                 backend: str = "auto", chunk_len: int | None = None, strategy: str | None = None,
-                 mixer="bimamba", mixer_options: dict | None = None):
+    def __init__(self, d_model: int = 128, **stack_args):
         super().__init__()
         if d_model % 2:
             raise ConfigError(f"RCPSBackbone: d_model={d_model} must be even (two RC-paired halves)")
         self.d_model = d_model
-        inner = BidirectionalBackbone(d_model // 2, n_layer, variant, resolve_combine(combine, strategy, "RCPSBackbone"),
-                                      tie_projections, d_state, d_conv, expand, dt_rank, norm_eps, checkpoint_layers,
-                                      backend, chunk_len, mixer=mixer, mixer_options=mixer_options)
-        self.rc = RCEquivariant(inner)
+        self.rc = RCEquivariant(BidirectionalBackbone(d_model // 2, **stack_args))
+
+    # the hyperparameters are exactly BidirectionalBackbone's (what @builder records and create_model checks)
+    __init__.__signature__ = inspect.signature(BidirectionalBackbone.__init__)
 
     @property
     def checkpoint_layers(self) -> bool:
