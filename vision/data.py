@@ -669,8 +669,6 @@ def build_aal_slices(out_dir: str | os.PathLike, labels: str = "lobes", axes: Se
     Returns: {"classes": names, "counts": {split: n}, "out_dir": str}.
     Raises: VisionDataError for missing or mismatched volumes; ConfigError for unknown labels or axes.
     """
-    import nibabel as nib
-
     out_dir, templates = Path(out_dir), Path(templates)
     if labels not in ("regions", "lobes"):
         raise ConfigError(f"labels={labels!r}; expected 'regions' or 'lobes'")
@@ -681,6 +679,8 @@ def build_aal_slices(out_dir: str | os.PathLike, labels: str = "lobes", axes: Se
         names = json.loads((out_dir / "classes.json").read_text())
         counts = {s: len(list((out_dir / s / "images").glob("*.png"))) for s in _SPLITS}
         return {"classes": names, "counts": counts, "out_dir": str(out_dir)}
+    import nibabel as nib  # only to build; a built folder needs no nibabel
+
     paths = {k: templates / f for k, f in (("t1", "ch2bet.nii.gz"), ("atlas", "aal.nii.gz"), ("names", "aal.nii.txt"))}
     for path in paths.values():
         if not path.is_file():
