@@ -102,6 +102,27 @@ def test_export_to_transformers_round_trips(tmp_path, mixer):
         assert torch.equal(again(ids), ours(ids))
 
 
+@pytest.mark.parametrize("kind", ["mamba", "mamba2"])
+def test_converted_model_generates_what_full_forwards_predict(tmp_path, kind):
+    """Recurrent decoding of a converted checkpoint agrees with recomputing the whole sequence each time,
+    and with transformers' own greedy generation."""
+    ref = _hf_model(kind)
+    ref.save_pretrained(tmp_path / "hf")
+    ours = mv.from_pretrained(tmp_path / "hf", backend="torch").eval()
+    prompt = torch.randint(0, V, (2, 5))
+    out = ours.generate(prompt, max_new_tokens=6)
+    assert out.shape == (2, 11) and torch.equal(out[:, :5], prompt)
+    with torch.no_grad():
+        for t in range(5, 11):
+            assert torch.equal(ours(out[:, :t])[:, -1].argmax(-1), out[:, t])
+        ref.generation_config.eos_token_id = None  # random weights: no end-of-text token, plain argmax
+        theirs = ref.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, do_sample=False,
+                              pad_token_id=0)
+    assert torch.equal(theirs, out)
+    sampled = ours.generate(prompt, 4, temperature=1.0, top_k=3, generator=torch.Generator().manual_seed(0))
+    assert sampled.shape == (2, 9)
+
+
 # ------------------------------------------------------------------------------------------ mamba-ssm
 def mamba_ssm_checkpoint(folder: Path, layer: str, vocab=V, d=D, n_layer=2, tie=True):
     """A MambaLMHeadModel folder as mamba-ssm's save_pretrained writes it: config.json (MambaConfig.__dict__) and

@@ -30,6 +30,8 @@ class MambaLM(nn.Module):
         tie_embeddings: share one (vocab_size, d_model) matrix between ``embedding`` and ``lm_head``.
 
     forward: ``input_ids`` (B, L) int64 -> logits (B, L, vocab_size) in the parameters' dtype.
+    Decoding: ``generate`` (greedy, or sampling with temperature / top-k) runs the prompt once to fill the
+    recurrent state, then one ``step`` per new token, in O(1) memory per token.
     Raises ConfigError for a bad hyperparameter (as CausalBackbone does) and ShapeError for input that is
     not a 2-D integer tensor.
     """
@@ -59,3 +61,43 @@ class MambaLM(nn.Module):
             raise ShapeError(f"MambaLM: input_ids has shape {tuple(input_ids.shape)} and dtype {input_ids.dtype}, "
                              "expected (batch, length) integer token ids")
         return self.lm_head(self.backbone(self.embedding(input_ids)))
+
+    def allocate_cache(self, batch: int, device=None, dtype=torch.float32):
+        """Zeroed recurrent state of every layer (see :meth:`CausalBackbone.allocate_cache`)."""
+        return self.backbone.allocate_cache(batch, device, dtype)
+
+    @torch.no_grad()
+    def step(self, token_ids: torch.Tensor, cache) -> torch.Tensor:
+        """token_ids (B,) at the next position -> logits (B, vocab_size); advances ``cache``."""
+        return self.lm_head(self.backbone.step(self.embedding(token_ids), cache))
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Continue ``input_ids`` (B, L) by ``max_new_tokens`` tokens -> (B, L + max_new_tokens) int64.
+
+        temperature 0 = greedy (argmax); otherwise sample from softmax(logits / temperature), restricted to the
+        ``top_k`` most likely tokens when top_k > 0. The prompt is fed through the recurrent ``step`` so that
+        every layer's state is exact (any mixer with a ``step``)."""
+        if input_ids.dim() != 2 or input_ids.shape[1] < 1 or input_ids.is_floating_point():
+            raise ShapeError(f"MambaLM.generate: input_ids has shape {tuple(input_ids.shape)}, expected (batch, length >= 1) "
+                             "integer token ids")
+        if max_new_tokens < 0 or temperature < 0 or top_k < 0:
+            raise ConfigError(f"MambaLM.generate: max_new_tokens={max_new_tokens}, temperature={temperature}, "
+                              f"top_k={top_k}; expected non-negative values")
+        cache = self.allocate_cache(input_ids.shape[0], input_ids.device, self.embedding.weight.dtype)
+        for t in range(input_ids.shape[1]):
+            logits = self.step(input_ids[:, t], cache)
+        out = [input_ids]
+        for _ in range(max_new_tokens):
+            if temperature == 0:
+                token = logits.argmax(-1)
+            else:
+                scaled = logits.float() / temperature
+                if top_k:
+                    kth = scaled.topk(min(top_k, scaled.shape[-1]), dim=-1).values[..., -1:]
+                    scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+                token = torch.multinomial(scaled.softmax(-1), 1, generator=generator)[:, 0]
+            out.append(token[:, None])
+            logits = self.step(token, cache)
+        return torch.cat(out, dim=1)
