@@ -10,6 +10,15 @@ class MambaCache(nn.Module):
 
     Mamba-1: conv over d_inner channels, state (d_inner, d_state).
     Mamba-2: conv over (x, B, C) channels, state (nheads, headdim, d_state).
+
+    Args:
+        batch: sequences decoded together.
+        conv_channels: channels of the conv input.
+        d_conv: conv width; the buffer ``conv_state`` is (batch, conv_channels, d_conv - 1) in ``dtype``.
+        ssm_shape: per-sequence shape of ``ssm_state`` (always fp32).
+        device, dtype: where and in which dtype the conv state lives.
+
+    Buffers are not persistent (they do not appear in a saved state_dict).
     """
 
     def __init__(self, batch: int, conv_channels: int, d_conv: int, ssm_shape: tuple[int, ...], device=None,
@@ -33,7 +42,11 @@ class MambaCache(nn.Module):
 
 
 class BackboneCache(nn.Module):
-    """The caches of every layer of a causal backbone, plus the number of positions seen."""
+    """The caches of every layer of a causal backbone, plus the number of positions seen.
+
+    Args:
+        layers: one :class:`MambaCache` per layer (``mixer.allocate_cache``), in layer order.
+    """
 
     def __init__(self, layers: list[MambaCache]):
         super().__init__()

@@ -68,6 +68,12 @@ class SequenceLengthWarmup(pl.Callback):
         self.current = start_len + extra
         self._mode = None
 
+    @property
+    def crops_batches(self) -> bool:
+        """Whether this run crops batches (mode "crop", resolved at setup); strategies that shard batches
+        ask it so that the whole sequence is cropped before it is split."""
+        return self._mode == "crop"
+
     def length_at(self, t: int) -> int:
         """Training length of the data at epoch (or step) t (``extra`` included)."""
         doublings = min(t // self.every, 62)

@@ -11,6 +11,7 @@ import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, StrategyRegistry
 
 from ..backbones import ResidualBlock
+from .callbacks import SequenceLengthWarmup
 from ..context_parallel import enable_context_parallel, shard_sequence
 from ..errors import ConfigError
 
@@ -101,7 +102,7 @@ class ContextParallelStrategy(DDPStrategy):
         trainer = getattr(self.lightning_module, "_trainer", None)
         if trainer is not None and trainer.training:  # warmup crops the whole sequence, before sharding
             for cb in trainer.callbacks:
-                if callable(getattr(cb, "crop_batch", None)) and getattr(cb, "_mode", None) == "crop":
+                if isinstance(cb, SequenceLengthWarmup) and cb.crops_batches:
                     batch = cb.crop_batch(trainer, batch)
         return {k: (self._shard(v) if k in self.shard_keys else v) for k, v in batch.items()}
 
