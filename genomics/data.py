@@ -327,7 +327,7 @@ class FastaDataModule(pl.LightningDataModule):
         self._load()
 
     def set_seq_len(self, length: int) -> None:
-        """Hook of mambaverse.callbacks.SequenceLengthWarmup: the next train_dataloader() yields windows of
+        """Hook of mambaverse.training.SequenceLengthWarmup: the next train_dataloader() yields windows of
         `length` bases (at most `window`); validation and test windows keep `window`."""
         if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= self.window:
             raise GenomicsDataError(f"set_seq_len: length {length!r}; expected an int between 1 and window={self.window}")
