@@ -200,7 +200,14 @@ def context_parallel_forward(backbone: nn.Module, hidden: torch.Tensor, group=No
 
 
 class ContextParallelBackbone(nn.Module):
-    """Module form of `context_parallel_forward`: wraps a backbone; forward takes this rank's slice."""
+    """Module form of `context_parallel_forward`: forward takes this rank's slice (B, s, d_model).
+
+    Args:
+        backbone: a CausalBackbone or BidirectionalBackbone whose mixers carry state (ConfigError otherwise).
+        group: the process group sharing each sequence (None = the world).
+        chunk_len: chunks inside each rank's slice (None = the backbone's chunk_len, else the whole slice).
+    State-dict keys are ``backbone.*``; prefer ``enable_context_parallel``, which keeps the backbone's own.
+    """
 
     def __init__(self, backbone: nn.Module, group=None, chunk_len: int | None = None):
         super().__init__()

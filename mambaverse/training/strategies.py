@@ -40,6 +40,16 @@ class ContextParallelStrategy(DDPStrategy):
       * after moving each batch to the device, takes the group's first rank's copy of the ``shard_keys``
         tensors (``sync_batch``) and gives each rank its slice along dim 1 (``shard_sequence``, with
         ``overlap`` extra positions: 1 for a causal LM that shifts inputs and targets itself).
+    Args:
+        cp_size: ranks per context-parallel group (consecutive ranks); None = all ranks.
+        shard_keys: batch entries (tensors (B, L, ...)) split along dim 1; other entries are left whole.
+        overlap: extra positions each rank also receives from the next slice (length = world * s + overlap).
+        sync_batch: broadcast the group root's copy of the shard keys first (the sampler already hands every
+            rank of a group the same batch; this guards against nondeterministic data pipelines).
+        ddp_kwargs: Lightning DDPStrategy arguments (e.g. process_group_backend).
+    Raises ConfigError for a bad cp_size or overlap, or (at setup) when cp_size does not divide the world
+    or the model holds a backbone that cannot run context parallel; ShapeError when a length does not split.
+
     Gradients: DDP averages over all ranks, so a loss that is the mean over a rank's own positions gives
     the exact gradient of the mean over all positions when the slices hold equal numbers of counted positions.
     Heads that pool over the whole length (sequence classifiers) need a cross-rank pooling of their own.
