@@ -84,14 +84,18 @@ class MixerStack(nn.Module):
                 mixers; a (forward, reverse) pair for bidirectional ones, the reverse one entering after the
                 end), so that a long sequence can be processed in calls that carry their state.
             return_final_states: also return the per-layer states leaving the sequence.
-            chunking: a :class:`Chunking` or a chunk_len overriding the stack's ``chunk_len`` for this call.
+            chunking: a :class:`Chunking` or a chunk_len overriding the stack's ``chunk_len`` for this call
+                (None or 0: the stack's own ``chunk_len``).
 
         Raises ShapeError for a wrong input shape; ConfigError for carrying state with mixers that cannot.
         """
         self._check(hidden)
         carry = initial_states is not None or return_final_states
         plan = None if carry else self.chunking(chunking)
-        if self.runner is not None and not carry:
+        if self.runner is not None:
+            if carry:  # the runner sees one slice of a longer sequence: states at its edges mean nothing here
+                raise ConfigError(f"{type(self).__name__}: initial_states/return_final_states cannot be used while "
+                                  f"a runner ({type(self.runner).__name__}) is installed")
             return self.runner(self, hidden, plan)
         if plan is not None and hidden.shape[1] > plan.chunk_len:
             return self.sweep(hidden, plan)
