@@ -169,10 +169,12 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 class ImageSamples(Dataset):
     """(source, target) pairs -> (transform(image), target). A source is a path or a uint8 array (H, W[, C]).
 
-    With ``return_path`` the target is replaced by the source's path (for predict)."""
+    With ``return_path`` the target is replaced by the source's path, or by ``names[i]`` when given (for predict)."""
 
-    def __init__(self, samples: Sequence, in_chans: int, transform: Callable, return_path: bool = False):
+    def __init__(self, samples: Sequence, in_chans: int, transform: Callable, return_path: bool = False,
+                 names: Sequence[str] | None = None):
         self.samples, self.in_chans, self.transform, self.return_path = list(samples), in_chans, transform, return_path
+        self.names = list(names) if names is not None else None
 
     def __len__(self):
         return len(self.samples)
@@ -183,7 +185,9 @@ class ImageSamples(Dataset):
             image = convert_image(Image.fromarray(source), self.in_chans)
         else:
             image = load_image(source, self.in_chans)
-        return self.transform(image), (str(source) if self.return_path else target)
+        if not self.return_path:
+            return self.transform(image), target
+        return self.transform(image), (self.names[i] if self.names is not None else str(source))
 
 
 class _ClassificationData(pl.LightningDataModule):
@@ -407,8 +411,11 @@ class FashionMNISTDataModule(_ClassificationData):
         self.val_set = ImageSamples([(images[i], int(labels[i])) for i in val_idx], self.in_chans, eval_tf)
         test_images, test_labels = self._load("t10k")
         test_idx = self._subset(test_labels, self.test_subset, self.seed)
-        self.test_set = ImageSamples([(test_images[i], int(test_labels[i])) for i in test_idx], self.in_chans, eval_tf)
-        self.predict_set = self.test_set
+        test = [(test_images[i], int(test_labels[i])) for i in test_idx]
+        self.test_set = ImageSamples(test, self.in_chans, eval_tf)
+        # predict: the test images, each named "<file>#<index>"
+        names = [f"{self.root / 't10k-images-idx3-ubyte.gz'}#{i}" for i in test_idx]
+        self.predict_set = ImageSamples(test, self.in_chans, eval_tf, return_path=True, names=names)
 
 
 # -- segmentation ------------------------------------------------------------------------------------
