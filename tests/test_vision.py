@@ -18,8 +18,8 @@ import mambaverse as mv
 import mambaverse.vision  # noqa: F401  (registers the presets)
 from mambaverse.cli import main as cli_main
 from mambaverse.vision.data import (FASHION_MNIST_DIR, MRICRON_TEMPLATES, FashionMNISTDataModule,
-                                    ImageFolderDataModule, SegmentationFolderDataModule, build_aal_slices,
-                                    load_image, read_idx)
+                                    ImageFolderDataModule, SegmentationFolderDataModule, aal_slices_main,
+                                    build_aal_slices, load_image, read_idx)
 from mambaverse.vision.errors import VisionDataError
 
 HAS_FMNIST = Path(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").is_file()
@@ -225,6 +225,8 @@ def test_aal_slices_become_segmentation_pairs(tmp_path):
     assert x.shape[1:] == (1, 64, 64) and y.shape[1:] == (64, 64)
     # built once: a second call reuses the folder
     assert build_aal_slices(tmp_path / "aal", labels="lobes", axes=("axial",), step=12)["counts"] == counts
+    # the `mambaverse aal-slices` command: a one-line error and exit status 2 without the volumes
+    assert aal_slices_main([str(tmp_path / "other"), "--templates", str(tmp_path)]) == 2
 
 
 # -- the timm contract --------------------------------------------------------------------------------
