@@ -90,7 +90,8 @@ class _VisionTask(pl.LightningModule):
         no_decay = [n for n, _ in self.named_parameters() if n.endswith(_NO_DECAY_SUFFIXES)]
         groups = param_groups_weight_decay(self, self.weight_decay, no_weight_decay_list=no_decay)
         optimizer = torch.optim.AdamW(groups, lr=self.lr)
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self.trainer is not None else 1
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
+        total = max(1, int(total)) if math.isfinite(total) else 10 ** 9  # no epoch/step limit: no decay
         warmup = min(self.warmup_steps, max(0, total - 1))
 
         def factor(step):
