@@ -54,7 +54,7 @@ def save_spectrogram_grid(path: Path, clips: torch.Tensor, sample_rate: int, tit
     import torchaudio
 
     mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=1024, hop_length=max(1, sample_rate // 200),
-                                               n_mels=n_mels)
+                                               n_mels=n_mels, pad_mode="constant")  # any clip length
     specs = torchaudio.transforms.AmplitudeToDB(top_db=80)(mel(clips.float().cpu()))
     n = clips.shape[0]
     cols = min(4, n)
