@@ -16,7 +16,6 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
-import soundfile as sf
 import torch
 import torchaudio.functional as AF
 from torch.utils.data import DataLoader, Dataset
@@ -63,6 +62,8 @@ def read_wav(path: str | Path, sample_rate: int = 16000, length: int | None = 16
     file that is not audio, a corrupt or truncated file, a sample format libsndfile cannot decode, a rate outside
     8-48 kHz, an empty file, or non-finite samples. Pure silence is returned as zeros (never NaN).
     """
+    import soundfile as sf  # imported here: the packed (.npz) path needs no libsndfile
+
     path = Path(path)
     if path.is_file() and path.stat().st_size == 0:
         raise AudioDataError(f"{path}: empty file (0 bytes); expected a WAV")
@@ -155,7 +156,9 @@ class WavDataModule(pl.LightningDataModule):
     """Any folder of WAVs -> batches (codes (B, L) int64 mu-law, labels (B,) int64) for waveform models.
 
     Args:
-        root: folder of WAVs, with ``train``/``valid``/``test`` sub-folders or without (then split at random).
+        root: folder of WAVs, with ``train``/``valid``/``test`` sub-folders or without (then split at random);
+            or a ``.npz`` written by ``save_packed`` (mu-law codes and labels per split: no WAV decoding, no
+            soundfile needed, e.g. to ship a data set to a GPU machine).
         sample_rate: the model's rate in Hz; files at other rates are resampled.
         clip_seconds: clips are padded or cropped to ``round(clip_seconds * sample_rate)`` samples.
         train_crop: train on random windows of this many samples (None: whole clips); validation and test use
@@ -205,11 +208,55 @@ class WavDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None):
         if self.splits:
             return
+        if self.root.suffix == ".npz":
+            self._load_packed()
+            return
         for split, files in self.split_files().items():
             codes, labels = load_clips(files, self.sample_rate, self.length, self.quantization_channels,
                                        self.require_labels)
             crop = self.train_crop if split == "train" else self.eval_crop
             self.splits[split] = WaveformDataset(codes, labels, crop, random_crop=split == "train", files=files)
+
+    def save_packed(self, path: str | Path) -> Path:
+        """Write every split's mu-law codes and labels, with the clip settings, to a compressed ``.npz``
+        (atomically); ``WavDataModule(root=path)`` reads it back without touching the WAVs."""
+        import os
+        import tempfile
+
+        self.setup()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {"sample_rate": np.array(self.sample_rate), "length": np.array(self.length),
+                  "quantization_channels": np.array(self.quantization_channels)}
+        for split, ds in self.splits.items():
+            arrays[f"{split}_codes"], arrays[f"{split}_labels"] = ds.codes.numpy(), ds.labels.numpy()
+        fd, tmp = tempfile.mkstemp(suffix=".npz.tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez_compressed(f, **arrays)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    def _load_packed(self):
+        try:
+            packed = np.load(self.root)
+            settings = (int(packed["sample_rate"]), int(packed["length"]), int(packed["quantization_channels"]))
+        except (OSError, ValueError, KeyError) as exc:
+            raise AudioDataError(f"root={self.root}: not a packed audio set ({type(exc).__name__}); expected an .npz "
+                                 f"written by WavDataModule.save_packed") from None
+        if settings != (self.sample_rate, self.length, self.quantization_channels):
+            raise AudioDataError(f"root={self.root}: packed at (sample_rate, length, levels)={settings}; expected "
+                                 f"{(self.sample_rate, self.length, self.quantization_channels)}")
+        for split in ("train", "val", "test"):
+            if f"{split}_codes" in packed:
+                crop = self.train_crop if split == "train" else self.eval_crop
+                codes, labels = torch.from_numpy(packed[f"{split}_codes"]), torch.from_numpy(packed[f"{split}_labels"])
+                if self.max_files:
+                    codes, labels = codes[:self.max_files], labels[:self.max_files]
+                self.splits[split] = WaveformDataset(codes, labels, crop, random_crop=split == "train")
 
     def _loader(self, split, shuffle):
         if split not in self.splits:

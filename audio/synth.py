@@ -28,7 +28,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from .errors import AudioDataError
 
@@ -90,6 +89,8 @@ def make_clip(word: str, voice: str, pitch: int, speed: int, rng: np.random.Gene
 
 def write_wav_atomic(path: Path, samples: np.ndarray, sample_rate: int, subtype: str = "PCM_16"):
     """Write a WAV through a temporary file in the same folder, then rename: never a half-written file."""
+    import soundfile as sf
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".wav.tmp", dir=path.parent)
     os.close(fd)
@@ -171,10 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="parallel espeak-ng/sox processes (default: 2)")
+    parser.add_argument("--pack", default=None, metavar="NPZ",
+                        help="also write the mu-law codes of every split to this .npz (WavDataModule reads it "
+                             "without soundfile, e.g. on a GPU machine)")
     args = parser.parse_args(argv)
     try:
         manifest = build(args.out, args.voices, args.takes, args.seed, args.val_fraction, args.test_fraction,
                          args.workers)
+        if args.pack:
+            from .data import WavDataModule
+
+            print(f"packed {WavDataModule(str(args.out)).save_packed(args.pack)}")
     except AudioDataError as err:
         print(f"mambaverse: error: {err}", file=sys.stderr)
         return 2
