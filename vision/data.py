@@ -190,7 +190,35 @@ class ImageSamples(Dataset):
         return self.transform(image), (self.names[i] if self.names is not None else str(source))
 
 
-class _ClassificationData(pl.LightningDataModule):
+class _SplitLoaders:
+    """DataLoaders over the train/val/test/predict datasets a data module's setup() made."""
+
+    train_set = val_set = test_set = predict_set = None
+
+    def _drop_last_train(self) -> bool:
+        return False
+
+    def _loader(self, dataset, shuffle: bool, drop_last: bool = False):
+        if dataset is None:
+            raise ConfigError(f"{type(self).__name__}: this split has no data; check the data paths in the config")
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          drop_last=drop_last, generator=torch.Generator().manual_seed(self.seed),
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, True, drop_last=self._drop_last_train())
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, False)
+
+    def test_dataloader(self):
+        return self._loader(self.test_set, False)
+
+    def predict_dataloader(self):
+        return self._loader(self.predict_set, False)
+
+
+class _ClassificationData(_SplitLoaders, pl.LightningDataModule):
     """Transforms, loaders and mixup shared by the classification data modules."""
 
     def __init__(self, img_size: int | Sequence[int], in_chans: int, batch_size: int, num_workers: int,
@@ -241,25 +269,8 @@ class _ClassificationData(pl.LightningDataModule):
             return self.mixup(images, labels)
         return batch
 
-    def _loader(self, dataset, shuffle: bool, drop_last: bool = False):
-        if dataset is None:
-            raise ConfigError(f"{type(self).__name__}: this split was not set up; check the data paths in the config")
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          drop_last=drop_last, generator=generator, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self):
-        # mixup pairs each image with the reversed batch: it needs an even batch size
-        return self._loader(self.train_set, True, drop_last=self.mixup is not None)
-
-    def val_dataloader(self):
-        return self._loader(self.val_set, False)
-
-    def test_dataloader(self):
-        return self._loader(self.test_set, False)
-
-    def predict_dataloader(self):
-        return self._loader(self.predict_set, False)
+    def _drop_last_train(self) -> bool:
+        return self.mixup is not None  # mixup pairs each image with the reversed batch: an even batch size
 
 
 def _split_indices(labels: Sequence[int], fractions: Sequence[float], seed: int) -> list[np.ndarray]:
@@ -483,7 +494,7 @@ def pair_images_and_masks(folder: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-class SegmentationFolderDataModule(pl.LightningDataModule):
+class SegmentationFolderDataModule(_SplitLoaders, pl.LightningDataModule):
     """Semantic segmentation from ``images/`` + ``masks/`` folders (a mask: single-channel integer PNG, pixel =
     class index, the same stem and size as its image).
 
@@ -593,25 +604,6 @@ class SegmentationFolderDataModule(pl.LightningDataModule):
                 raise ConfigError(f"{type(self).__name__}: predict needs data.predict_root, a folder of images")
             pairs = [(p, None) for p in list_images(self.predict_root)]
             self.predict_set = SegmentationPairs(pairs, self.in_chans, self.num_classes, self.ignore_index, eval_tf)
-
-    def _loader(self, dataset, shuffle: bool):
-        if dataset is None:
-            raise ConfigError(f"{type(self).__name__}: this split has no pairs under {self.root}")
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          generator=torch.Generator().manual_seed(self.seed), persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self):
-        return self._loader(self.train_set, True)
-
-    def val_dataloader(self):
-        return self._loader(self.val_set, False)
-
-    def test_dataloader(self):
-        return self._loader(self.test_set, False)
-
-    def predict_dataloader(self):
-        return self._loader(self.predict_set, False)
-
 
 def _image_float():
     from torchvision import tv_tensors
