@@ -234,6 +234,7 @@ class WavDataModule(pl.LightningDataModule):
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez_compressed(f, **arrays)
+                os.chmod(tmp, 0o644)  # mkstemp makes 0600; a data file is for everyone to read
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

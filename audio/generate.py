@@ -37,6 +37,7 @@ def write_pcm16_atomic(path: Path, audio: np.ndarray, sample_rate: int):
             w.setsampwidth(2)
             w.setframerate(sample_rate)
             w.writeframes(pcm.tobytes())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -71,6 +72,7 @@ def save_spectrogram_grid(path: Path, clips: torch.Tensor, sample_rate: int, tit
     os.close(fd)
     try:
         fig.savefig(tmp, format="png", dpi=80)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a data file is for everyone to read
         os.replace(tmp, path)
     finally:
         plt.close(fig)

@@ -101,6 +101,7 @@ def save_classifier(classifier: DigitClassifier, path: str | Path, info: dict):
         os.close(fd)
         try:
             write(tmp)
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; a data file is for everyone to read
             os.replace(tmp, path / name)
         finally:
             if os.path.exists(tmp):

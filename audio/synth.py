@@ -96,6 +96,7 @@ def write_wav_atomic(path: Path, samples: np.ndarray, sample_rate: int, subtype:
     os.close(fd)
     try:
         sf.write(tmp, samples, sample_rate, subtype=subtype, format="WAV")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a data file is for everyone to read
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
