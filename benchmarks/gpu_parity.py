@@ -123,10 +123,12 @@ def backend_matrix(results):
             needs.add("grouped")
             if not needs <= row.features:
                 continue
+            # mamba-ssm's SSD kernels run fp32 matmuls in TF32: its rows get TF32's tolerance
+            tol = 3e-3 if backend == "mamba_ssm" else 2e-4
             results.append(compare(f"ssd {backend} h0={initial} final={final}",
                                    lambda *a, f=final: ssd_scan(*a[:6], initial_state=a[6], return_final_state=f, backend=backend),
                                    lambda *a, f=final: ssd_scan(*a[:6], initial_state=a[6], return_final_state=f, backend="naive"),
-                                   ssd_inputs(initial), 2e-4))
+                                   ssd_inputs(initial), tol))
     log("")
 
 
@@ -190,7 +192,8 @@ def auto_chunked(results):
             ys.append(y)
         return torch.cat(ys, 1), h
 
-    results.append(compare("ssd auto", ssd_pieces, lambda *a: ssd_scan(*a, return_final_state=True), [xs, dt, A, B, C, D], 2e-4))
+    results.append(compare("ssd auto", ssd_pieces, lambda *a: ssd_scan(*a, return_final_state=True), [xs, dt, A, B, C, D],
+                           3e-3 if backends_for("ssd_scan", DEV)[0] == "mamba_ssm" else 2e-4))
     log("")
 
 
@@ -332,7 +335,11 @@ def main():
     fp16_tolerance(results)
     probes()
     if not args.no_timing:
-        timing()
+        try:
+            timing()
+        except Exception as exc:  # a timing failure must not lose the parity table above
+            log(f"timing failed: {type(exc).__name__}: {exc}")
+            results.append(False)
     log(f"**{sum(results)}/{len(results)} checks pass.**")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

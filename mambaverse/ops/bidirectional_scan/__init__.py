@@ -87,4 +87,4 @@ def bidirectional_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         row = select(OP, backend, u0.device, dtype if dtype == torch.float64 else u0.dtype, needs)
         if row.name == "triton":
             return bidirectional_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, combine)
-    return bidirectional_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, combine, backend)
+    return bidirectional_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, combine, "auto" if backend == "scan" else backend)

@@ -86,4 +86,4 @@ def cross_selective_scan(x, delta, A, B, C, D=None, delta_bias=None, delta_softp
         row = select(OP, backend, x.device, dtype if dtype == torch.float64 else x.dtype, set())
         if row.name == "triton":
             return cross_selective_scan_triton(x, delta, A, B, C, D, delta_bias, delta_softplus)
-    return cross_selective_scan_reference(x, delta, A, B, C, D, delta_bias, delta_softplus, backend)
+    return cross_selective_scan_reference(x, delta, A, B, C, D, delta_bias, delta_softplus, "auto" if backend == "scan" else backend)
