@@ -103,7 +103,7 @@ def _seconds_per_epoch(task, dm, precision, probe_steps=6) -> float:
     return per_step * len(dm.train_dataloader()) * 1.1  # + validation
 
 
-def run_fmnist(p, budget_s, out_dir, workers, root):
+def run_fmnist(p, budget_s, out_dir, workers, root, fixed_epochs=None):
     from mambaverse.vision.data import FashionMNISTDataModule
     from mambaverse.vision.tasks import ImageClassifier
 
@@ -114,10 +114,14 @@ def run_fmnist(p, budget_s, out_dir, workers, root):
                                    warmup_steps=max(1, len(dm.train_dataloader()) // 2),
                                    output_dir=str(out_dir / "fmnist"), **p["fmnist_task"])
     task = make()
-    epoch_s = _seconds_per_epoch(task, dm, p["precision"])
-    remaining = budget_s - (time.perf_counter() - t0)
-    epochs = int(max(1, min(p["max_epochs"], remaining * 0.9 // epoch_s)))
-    trainer = _trainer(epochs, p["precision"], remaining * 1.3, out_dir)  # max_time only as a safety net
+    if fixed_epochs:  # no timing probe, no time limit (busy shared CPUs make timings unreliable)
+        epochs, limit = fixed_epochs, 10 ** 6
+    else:
+        epoch_s = _seconds_per_epoch(task, dm, p["precision"])
+        remaining = budget_s - (time.perf_counter() - t0)
+        epochs = int(max(1, min(p["max_epochs"], remaining * 0.9 // epoch_s)))
+        limit = remaining * 1.3  # max_time only as a safety net
+    trainer = _trainer(epochs, p["precision"], limit, out_dir)
     start = time.perf_counter()
     trainer.fit(task, datamodule=dm)
     train_s = time.perf_counter() - start
@@ -129,7 +133,7 @@ def run_fmnist(p, budget_s, out_dir, workers, root):
             "train_s": round(train_s, 1), "top1": metrics["top1"], "top5": metrics.get("top5")}
 
 
-def run_segmentation(p, budget_s, out_dir, workers, cache_dir):
+def run_segmentation(p, budget_s, out_dir, workers, cache_dir, fixed_epochs=None):
     from mambaverse.vision.data import AALSliceDataModule
     from mambaverse.vision.tasks import SemanticSegmenter
 
@@ -142,12 +146,16 @@ def run_segmentation(p, budget_s, out_dir, workers, cache_dir):
         tasks[tag] = SemanticSegmenter(8, backbone, dict(overrides), in_chans=1, out_indices=list(out_indices),
                                        ignore_index=None, warmup_steps=max(1, len(dm.train_dataloader())),
                                        output_dir=str(out_dir / f"aal_{tag}"), **p["seg_task"])
-    epoch_s = max(_seconds_per_epoch(t, dm, p["precision"]) for t in tasks.values())
-    remaining = budget_s - (time.perf_counter() - t0)
-    epochs = int(max(1, min(p["seg_max_epochs"], remaining / 2 * 0.9 // epoch_s)))
+    if fixed_epochs:
+        epochs, limit = fixed_epochs, 10 ** 6
+    else:
+        epoch_s = max(_seconds_per_epoch(t, dm, p["precision"]) for t in tasks.values())
+        remaining = budget_s - (time.perf_counter() - t0)
+        epochs = int(max(1, min(p["seg_max_epochs"], remaining / 2 * 0.9 // epoch_s)))
+        limit = remaining / 2 * 1.3
     rows = []
     for tag, task in tasks.items():
-        trainer = _trainer(epochs, p["precision"], remaining / 2 * 1.3, out_dir)
+        trainer = _trainer(epochs, p["precision"], limit, out_dir)
         start = time.perf_counter()
         trainer.fit(task, datamodule=dm)
         train_s = time.perf_counter() - start
@@ -170,6 +178,8 @@ def main(argv=None) -> int:
                         help="whole job (default 6; the epochs are planned to fit, max_time stops at 1.3x a share)")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny models and data, about a minute")
     parser.add_argument("--only", choices=("fmnist", "aal"), default=None)
+    parser.add_argument("--fmnist-epochs", type=int, default=None, help="fixed epochs instead of fitting the budget")
+    parser.add_argument("--seg-epochs", type=int, default=None, help="fixed epochs (both backbones) instead of the budget")
     parser.add_argument("--fmnist-root", default="/usr/share/datasets/fashion-mnist",
                         help="folder with the four Fashion-MNIST IDX .gz files (Debian dataset-fashion-mnist)")
     parser.add_argument("--aal-dir", default=None, help="built AAL slice folder (default runs/data/aal_slices_<profile>)")
@@ -195,11 +205,12 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     results = []
     if args.only in (None, "fmnist"):
-        results.append(run_fmnist(p, budget * (0.5 if args.only is None else 1.0), work, p["workers"], args.fmnist_root))
+        results.append(run_fmnist(p, budget * (0.5 if args.only is None else 1.0), work, p["workers"], args.fmnist_root,
+                                  args.fmnist_epochs))
         print(json.dumps(results[-1]), flush=True)
     if args.only in (None, "aal"):
         left = budget - (time.perf_counter() - t0)
-        results += run_segmentation(p, left, work, p["workers"], aal_dir)
+        results += run_segmentation(p, left, work, p["workers"], aal_dir, args.seg_epochs)
         print(json.dumps(results[-2:]), flush=True)
 
     import timm
@@ -211,7 +222,7 @@ def main(argv=None) -> int:
     lines = [f"# Vision accuracy ({profile} profile, {args.budget_minutes:g}-minute budget)", "",
              f"Device: {device_name}; {p['precision']}; {meta['date']}; torch {torch.__version__}, timm {timm.__version__}, "
              f"lightning {pl.__version__}. Whole run {meta['wall_s']} s. "
-             f"Command: `python benchmarks/vision_accuracy.py {'--smoke' if args.smoke else f'--budget-minutes {args.budget_minutes:g}'}`", ""]
+             f"Command: `python benchmarks/vision_accuracy.py {' '.join(argv if argv is not None else sys.argv[1:])}`", ""]
     for r in results:
         if r["task"] == "fashion_mnist":
             lines += ["## Fashion-MNIST, Vim from scratch", "",
