@@ -365,9 +365,13 @@ class SemanticSegmenter(_VisionTask):
                 if row == 0:
                     ax.set_title(title)
                 ax.axis("off")
-        fig.suptitle(f"test mIoU {miou:.3f}; classes: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}",
-                     fontsize=8)
-        fig.tight_layout()
+        from matplotlib.patches import Patch
+
+        shown = range(1, min(self.num_classes, 21))  # a legend for up to 20 foreground classes
+        fig.legend(handles=[Patch(color=cmap(i), alpha=0.6, label=names[i]) for i in shown], loc="lower center",
+                   ncol=4, fontsize=7, frameon=False)
+        fig.suptitle(f"test mIoU {miou:.3f} (background left clear)", fontsize=9)
+        fig.tight_layout(rect=(0, 0.04 + 0.015 * (len(shown) // 4), 1, 0.98))
         _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
         plt.close(fig)
 
