@@ -1,5 +1,5 @@
 """mambaverse.kernels: Triton kernels behind the ops layer (selective scan, bidirectional scan,
-cross-scan, causal conv1d). Only ``mambaverse.ops`` imports this package.
+cross-scan, causal conv1d, state correction). Only ``mambaverse.ops`` imports this package.
 
 ``triton_available(device)`` says whether the kernels can run on ``device`` (CUDA with Triton installed).
 The kernels also run on CPU tensors under ``TRITON_INTERPRET=1`` (the CI tests), but ``auto`` dispatch
@@ -27,8 +27,10 @@ if _TRITON_IMPORT_ERROR is None:
     from ._conv import causal_conv1d_triton
     from .ops import bidirectional_scan_triton, cross_selective_scan_triton, selective_scan_triton
     from ._scan import set_config
+    from ._correction import set_correction_config, state_correction_triton
 
     __all__ = ["triton_available", "selective_scan_triton", "bidirectional_scan_triton",
-               "cross_selective_scan_triton", "causal_conv1d_triton", "set_config"]
+               "cross_selective_scan_triton", "causal_conv1d_triton", "set_config", "set_correction_config",
+               "state_correction_triton"]
 else:  # pragma: no cover
     __all__ = ["triton_available"]

@@ -7,6 +7,7 @@ from .cross_scan import cross_merge, cross_scan, cross_selective_scan
 from .dispatch import backends_for, capability_markdown
 from .selective_scan import selective_scan, selective_scan_naive, selective_scan_torch
 from .ssd import ssd_scan
+from .state_correction import state_correction
 
 
 def available_backends(device="cpu") -> list[str]:
@@ -16,4 +17,4 @@ def available_backends(device="cpu") -> list[str]:
 
 __all__ = ["available_backends", "backends_for", "bidirectional_scan", "capability_markdown", "causal_conv1d",
            "causal_conv1d_step", "cross_merge", "cross_scan", "cross_selective_scan", "selective_scan",
-           "selective_scan_naive", "selective_scan_torch", "ssd_scan"]
+           "selective_scan_naive", "selective_scan_torch", "ssd_scan", "state_correction"]

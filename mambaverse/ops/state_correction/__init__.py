@@ -1,0 +1,111 @@
+"""The state correction: what a selective scan's output gains when a state enters it after the fact.
+
+A selective scan is linear in its initial state: scanning a segment from ``h_in`` gives the output of
+scanning it from zero plus
+
+    corr_t = sum_n C_t[n] * (prod_{s<=t} exp(dt_s A[:, n])) * h_in[:, n]        (times silu(z_t) if gated)
+
+with dt = softplus(delta + delta_bias) as in the scan (``reverse``: the product runs over s >= t, the
+state entering after the last position). Context parallel (``mambaverse.context_parallel``) scans each
+rank's slice from zero, exchanges (decay, final state) pairs, then adds this instead of scanning again.
+The D skip does not involve the state; the SiLU gate multiplies the whole pre-gate output, so the gated
+correction is this term times silu(z) (pass the same ``z`` as the scan).
+
+Shapes:
+
+=============  =================================  ===========================================
+name           shape                              meaning
+=============  =================================  ===========================================
+delta          (b, d, l)                          step size, before ``delta_bias``/softplus
+A              (d, n), real                       state matrix (diagonal), normally negative
+C              (b, n, l) or (b, g, n, l)          output projection (g groups: d divisible by g)
+h_in           (b, d, n)                          state entering the segment
+z              (b, d, l), optional                gate
+delta_bias     (d,), optional                     added to delta
+returns        (b, d, l), dtype of ``delta``      the correction, computed in fp32 (float64 for
+                                                  float64 inputs)
+=============  =================================  ===========================================
+
+Backends: ``naive`` (the definition, O(b d n l) memory), ``torch`` (blocks of time, each checkpointed),
+``triton`` (fused forward and backward; CUDA, or any device under TRITON_INTERPRET=1). ``torch`` and
+``triton`` stop once the carried decay has underflowed to exactly zero everywhere, from where every
+output and gradient is exactly zero (dt >= 0 and A <= 0, as in Mamba).
+"""
+from __future__ import annotations
+
+import torch
+
+from ...errors import ShapeError
+from ..dispatch import ALL_DTYPES, REAL_DTYPES, Backend, register_backend, select, triton_kernel
+from ..selective_scan.common import compute_dtype, shape_str
+from .naive import state_correction_naive
+from .pytorch import state_correction_torch
+from .triton import state_correction_triton
+
+OP = "state_correction"
+_ALL = frozenset({"reverse", "grouped"})
+register_backend(Backend(OP, "triton", state_correction_triton, _ALL, REAL_DTYPES,
+                         triton_kernel("state_correction_triton"), {"cuda": 0},
+                         "ours, fused forward and backward; stops where the decay underflows"))
+register_backend(Backend(OP, "torch", state_correction_torch, _ALL, ALL_DTYPES, lambda device: True,
+                         {"cuda": 1, "cpu": 0}, "blocks of time, checkpointed; the CPU path"))
+register_backend(Backend(OP, "naive", state_correction_naive, _ALL, ALL_DTYPES, lambda device: True,
+                         {"cuda": 2, "cpu": 1}, "the definition, O(b d n l) memory; the oracle"))
+
+
+def _check(delta, A, C, h_in, z, delta_bias):
+    op = OP
+    for name, t in (("delta", delta), ("A", A), ("C", C), ("h_in", h_in), ("z", z), ("delta_bias", delta_bias)):
+        if t is None and name in ("z", "delta_bias"):
+            continue
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise ShapeError(f"{op}: {name} must be a real floating tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+    if delta.dim() != 3:
+        raise ShapeError(f"{op}: delta has shape {shape_str(delta)}, expected (b, d, l)")
+    b, d, l = delta.shape
+    if A.dim() != 2 or A.shape[0] != d:
+        raise ShapeError(f"{op}: A has shape {shape_str(A)}, expected (d={d}, n)")
+    n = A.shape[1]
+    if C.dim() == 3:
+        ok = tuple(C.shape) == (b, n, l)
+    elif C.dim() == 4:
+        ok = tuple(C.shape) == (b, C.shape[1], n, l) and C.shape[1] > 0 and d % C.shape[1] == 0
+    else:
+        ok = False
+    if not ok:
+        raise ShapeError(f"{op}: C has shape {shape_str(C)}, expected (b={b}, n={n}, l={l}) or (b, g, n, l) with "
+                         f"d={d} divisible by g")
+    for name, t, want in (("h_in", h_in, (b, d, n)), ("z", z, (b, d, l)), ("delta_bias", delta_bias, (d,))):
+        if t is not None and tuple(t.shape) != want:
+            raise ShapeError(f"{op}: {name} has shape {shape_str(t)}, expected {want}")
+    devices = {t.device for t in (delta, A, C, h_in, z, delta_bias) if t is not None}
+    if len(devices) > 1:
+        raise ShapeError(f"{op}: inputs are on several devices {sorted(map(str, devices))}; expected one")
+
+
+def state_correction(delta, A, C, h_in, z=None, delta_bias=None, delta_softplus=False, reverse=False,
+                     backend="auto"):
+    """The output a selective scan gains from a state ``h_in`` entering its segment; see the module docstring.
+
+    ``selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state=h_in, reverse=r)``
+    equals ``selective_scan(..., initial_state=None, ...) + state_correction(delta, A, C, h_in, z,
+    delta_bias, delta_softplus, r)`` (values and gradients, up to rounding).
+
+    ``backend``: auto (triton on CUDA, torch on CPU), triton, torch or naive.
+
+    Raises:
+        ShapeError: an argument breaks the shape/dtype contract.
+        BackendUnavailableError: the named backend is unknown, unavailable here, or lacks a capability.
+    """
+    _check(delta, A, C, h_in, z, delta_bias)
+    needs = set()
+    if reverse:
+        needs.add("reverse")
+    if C.dim() == 4:
+        needs.add("grouped")
+    dtype = compute_dtype(delta, A, C, h_in, z, delta_bias)
+    row = select(OP, backend, delta.device, dtype if dtype == torch.float64 else delta.dtype, needs)
+    return row.fn(delta, A, C, h_in, z, delta_bias, delta_softplus, reverse)
+
+
+__all__ = ["state_correction", "state_correction_naive", "state_correction_torch", "state_correction_triton"]
