@@ -10,7 +10,7 @@ import gzip
 import hashlib
 import lzma
 import os
-import shutil
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,12 @@ from .errors import GenomicsDataError
 
 _MAGIC = {b"\x1f\x8b": "gzip", b"\xfd7zXZ\x00": "xz", b"BZh": "bzip2"}
 _OPENERS = {"gzip": gzip.open, "xz": lzma.open, "bzip2": bz2.open}
+# pyfaidx picks its reader by file name (.gz/.bgz: BGZF), so a plain file with such a name is copied to the cache
+_COMPRESSED_SUFFIXES = (".gz", ".bgz", ".xz", ".bz2")
+_TRAILING_BLANKS = re.compile(rb"[ \t]+\n")
+_BLOCK = 1 << 22
+# bump when the cached copies change form (v2: line endings and trailing blanks normalised)
+_CACHE_VERSION = "v2"
 
 
 def default_cache_dir() -> Path:
@@ -40,7 +46,7 @@ def _compression(path: Path) -> str | None:
 
 def _cache_key(path: Path) -> str:
     st = path.stat()
-    h = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    h = hashlib.sha1(f"{_CACHE_VERSION}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
     name = path.name
     for suffix in (".gz", ".xz", ".bz2", ".bgz"):
         if name.endswith(suffix):
@@ -49,18 +55,61 @@ def _cache_key(path: Path) -> str:
 
 
 def _atomic_target(final: Path):
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=final.name + ".", suffix=".tmp", dir=final.parent)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=final.name + ".", suffix=".tmp", dir=final.parent)
+    except OSError as exc:
+        raise GenomicsDataError(f"cache_dir: cannot write to {final.parent} ({exc.strerror or exc}); set cache_dir "
+                                f"(or $MAMBAVERSE_CACHE) to a writable folder") from None
     os.close(fd)
     return Path(tmp)
 
 
-def _decompress(src: Path, kind: str, dest: Path) -> None:
-    """Stream-decompress ``src`` into ``dest`` through a temporary file and a rename."""
+def _clean_stream(fin, fout) -> None:
+    """Copy FASTA text with CR and CRLF line endings made LF and blanks (spaces, tabs) at line ends dropped.
+
+    pyfaidx counts every byte of a sequence line but the newline as a base, so a trailing blank would
+    index as an extra base (read as [UNK]), and a CR-only file reads as one line (an empty record).
+    Streams in 4 MiB blocks; a partial line (and a final CR that may start a CRLF) waits for the next block.
+    """
+    carry = b""
+    while True:
+        block = fin.read(_BLOCK)
+        final = not block
+        data, hold = carry + block, b""
+        if not final and data.endswith(b"\r"):
+            data, hold = data[:-1], b"\r"
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if final:
+            data, carry = data.rstrip(b" \t"), b""
+        else:
+            cut = data.rfind(b"\n") + 1
+            data, carry = data[:cut], data[cut:] + hold
+        fout.write(_TRAILING_BLANKS.sub(b"\n", data))
+        if final:
+            return
+
+
+def _needs_cleaning(path: Path) -> bool:
+    """Whether a plain FASTA has CR line endings or blanks at a line end (see :func:`_clean_stream`)."""
+    tail = b""
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(_BLOCK)
+            if not block:
+                return tail in (b" ", b"\t")
+            data = tail + block
+            if b"\r" in data or _TRAILING_BLANKS.search(data):
+                return True
+            tail = data[-1:]
+
+
+def _decompress(src: Path, kind: str | None, dest: Path) -> None:
+    """Stream-decompress (``kind`` None: copy) and clean ``src`` into ``dest`` through a temporary file and a rename."""
     tmp = _atomic_target(dest)
     try:
-        with _OPENERS[kind](src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, length=1 << 22)
+        with (_OPENERS[kind] if kind else open)(src, "rb") as fin, open(tmp, "wb") as fout:
+            _clean_stream(fin, fout)
         os.replace(tmp, dest)
     except (OSError, EOFError, lzma.LZMAError) as exc:
         tmp.unlink(missing_ok=True)
@@ -183,16 +232,20 @@ def prepare_fasta(path: str | os.PathLike, label: str = "", cache_dir: str | os.
     if src.stat().st_size == 0:
         raise GenomicsDataError(f"{shown}: file is empty; expected FASTA records ('>name' lines followed by sequence)")
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    if cache.exists() and not cache.is_dir():
+        raise GenomicsDataError(f"cache_dir: {cache} is a file; expected a writable folder")
     key = _cache_key(src)
-    kind = _compression(src)
-    if kind is not None:
-        fasta = cache / f"{key}.fa"
-        if not fasta.exists():
-            _decompress(src, kind, fasta)
-        index = cache / f"{key}.fa.fai"
+    kind = _compression(src)  # by magic bytes: a name may lie (plain text called .gz, gzip called .fa)
+    copy, index = cache / f"{key}.fa", cache / f"{key}.fai"
+    if kind is None and not copy.exists() and not index.exists():
+        if src.name.lower().endswith(_COMPRESSED_SUFFIXES) or _needs_cleaning(src):
+            _decompress(src, None, copy)  # a cleaned plain copy pyfaidx reads by its .fa name
+    if kind is not None or copy.exists():
+        if not copy.exists():
+            _decompress(src, kind, copy)
+        fasta, index = copy, cache / f"{key}.fa.fai"
     else:
         fasta = src
-        index = cache / f"{key}.fai"
     _check_looks_like_fasta(fasta, shown)
     if not index.exists():
         tmp = _atomic_target(index)

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from mambaverse.backbones import BidirectionalBackbone, CausalBackbone, RCPSBackbone
-from mambaverse.errors import ConfigError
+from mambaverse.errors import ConfigError, ShapeError
 from mambaverse.rc import RCEquivariant, rc_features
 from mambaverse.registry import preset
 
@@ -94,7 +94,8 @@ class RCPatchStem(nn.Module):
     ``kind="patch"``: one linear conv of width and stride s (non-overlapping k-mer patches).
     ``kind="conv"``: :class:`_KmerPool` (conv of width ``kernel`` at every base, GELU, mean over s bases).
     With ``rc`` the module runs on each half of the channels in the core ``RCEquivariant`` way, so
-    stem(rc_features(h)) == rc_features(stem(h)) whenever L is a multiple of s.
+    stem(rc_features(h)) == rc_features(stem(h)); L must be a multiple of s (ShapeError otherwise: dropping
+    the tail bases would break that identity).
     """
 
     def __init__(self, d_model: int, patch_size: int, rc: bool, kind: str = "patch", kernel: int = 9):
@@ -107,8 +108,11 @@ class RCPatchStem(nn.Module):
         self.net = RCEquivariant(inner) if rc else inner
 
     def forward(self, h):
-        L = h.shape[1] - h.shape[1] % self.patch_size
-        return self.net(h[:, :L])
+        """h (B, L, d_model) -> (B, L // patch_size, d_model)."""
+        if h.shape[1] % self.patch_size or h.shape[1] == 0:
+            raise ShapeError(f"RCPatchStem: length {h.shape[1]} is not a positive multiple of patch_size="
+                             f"{self.patch_size}; pad or crop the window to a multiple")
+        return self.net(h)
 
 
 def _halves(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

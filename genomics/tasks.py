@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -34,9 +35,20 @@ from .tokenizer import MASK_ID, NUCLEOTIDE_IDS, DNATokenizer
 _TRANSFERABLE = ("backbone.", "embed.", "stem.", "head.")
 
 
-def load_pretrained_weights(module: nn.Module, path: str) -> list[str]:
+def _describe(keys: list[str], limit: int = 12) -> str:
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def load_pretrained_weights(module: nn.Module, path: str, allow_partial: bool = False) -> list[str]:
     """Copy backbone/embedding/stem (and classifier head) weights with matching names and shapes; return the names
-    loaded. A head of another size (or an LM checkpoint, which has none) leaves the head as initialised."""
+    loaded. A head of another size (or an LM checkpoint, which has none) leaves the head as initialised, and so
+    does a stem that the checkpoint has none of (a stem added for fine-tuning).
+
+    Every other backbone/embedding/stem tensor must be in the checkpoint with the same shape: a checkpoint of a
+    model with another ``d_state``, ``dt_rank``, ``d_model`` or depth raises GenomicsDataError naming each
+    mismatched key with both shapes and each missing or unexpected key, unless ``allow_partial`` (then the
+    matching tensors load and the rest are listed in a warning).
+    """
     p = Path(path).expanduser()
     if not p.exists():
         raise GenomicsDataError(f"pretrained_ckpt: {p} not found; expected a Lightning .ckpt or a save_pretrained folder")
@@ -59,9 +71,26 @@ def load_pretrained_weights(module: nn.Module, path: str) -> list[str]:
             raise GenomicsDataError(f"pretrained_ckpt: {p} holds no state_dict; expected a Lightning .ckpt")
     own = module.state_dict()
     take = {k: v for k, v in state.items() if k.startswith(_TRANSFERABLE) and k in own and own[k].shape == v.shape}
+    has_stem = any(k.startswith("stem.") for k in state)
+    required = ("backbone.", "embed.") + (("stem.",) if has_stem else ())  # the head is always the task's own
+    shapes = [f"{k} {tuple(state[k].shape)} in the checkpoint vs {tuple(own[k].shape)} here"
+              for k in sorted(own) if k.startswith(required) and k in state and state[k].shape != own[k].shape]
+    missing = sorted(k for k in own if k.startswith(required) and k not in state)
+    unexpected = sorted(k for k in state if k.startswith(required) and k not in own)
+    problems = ([f"shape mismatch: {_describe(shapes)}"] if shapes else []) + \
+        ([f"not in the checkpoint: {_describe(missing)}"] if missing else []) + \
+        ([f"not in this model: {_describe(unexpected)}"] if unexpected else [])
     if not any(k.startswith("backbone.") for k in take):
         raise GenomicsDataError(f"pretrained_ckpt: {p} has no backbone weights matching backbone "
-                                f"{module.hparams.get('backbone')!r} with these overrides")
+                                f"{module.hparams.get('backbone')!r} with these overrides"
+                                + (f" ({'; '.join(problems)})" if problems else ""))
+    if problems:
+        msg = (f"pretrained_ckpt: {p} matches {len(take)} of {sum(k.startswith(_TRANSFERABLE) for k in own)} tensors "
+               f"({'; '.join(problems)})")
+        if not allow_partial:
+            raise GenomicsDataError(msg + "; use a checkpoint of the same model (backbone_overrides) or set "
+                                          "pretrained_allow_partial: true to load only the matching tensors")
+        warnings.warn(msg + "; the others keep their initial values (pretrained_allow_partial)", stacklevel=2)
     module.load_state_dict(take, strict=False)
     return sorted(take)
 
@@ -80,6 +109,64 @@ class _DNABase(pl.LightningModule):
         if stem not in ("patch", "conv"):
             raise ConfigError(f"stem: got {stem!r}, expected 'patch' or 'conv'")
         self.stem = RCPatchStem(d, patch_size, self.rc, stem) if patch_size > 1 or stem == "conv" else None
+
+    def _check_hparams(self, lr, weight_decay, warmup_steps, dropout=0.0):
+        """One-line ConfigErrors for optimiser and regularisation values out of range (NaN included)."""
+        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0 or not math.isfinite(lr):
+            raise ConfigError(f"model.lr: got {lr!r}; expected a finite number > 0")
+        if not isinstance(weight_decay, (int, float)) or not weight_decay >= 0 or not math.isfinite(weight_decay):
+            raise ConfigError(f"model.weight_decay: got {weight_decay!r}; expected a finite number >= 0")
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ConfigError(f"model.warmup_steps: got {warmup_steps!r}; expected an integer >= 0")
+        if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"model.dropout: got {dropout!r}; expected a probability in [0, 1)")
+
+    def check_length(self, length: int, who: str = "window") -> None:
+        """Raise ConfigError unless a sequence of ``length`` bases runs exactly (and RC-exactly) through this model:
+        a multiple of the stem's patch_size (a stem would drop the tail), and even for a middle [CLS] token of an
+        RC-equivariant model (an odd length has no RC-symmetric middle)."""
+        ps = self.stem.patch_size if self.stem is not None else 1
+        if length < ps or length % ps:
+            raise ConfigError(f"{who}: {length} bases is not a positive multiple of patch_size={ps}; the stem would "
+                              f"drop {length % ps if length >= ps else length} tail bases; use a window of "
+                              f"{max(ps, length - length % ps)} or {length + ps - length % ps}")
+        if getattr(self.hparams, "pooling", None) == "cls" and self.rc and not self.causal and length % 2:
+            raise ConfigError(f"{who}: {length} bases is odd, but pooling: cls puts [CLS] in the middle, which only an "
+                              f"even length keeps RC-symmetric; use window {length - 1} or {length + 1}")
+
+    def _check_data(self) -> None:
+        """Check the datamodule's window against the model (called from setup)."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        window = getattr(dm, "window", None)
+        if isinstance(window, int):
+            self.check_length(window, "data.window")
+
+    def on_load_checkpoint(self, checkpoint) -> None:
+        """Refuse a checkpoint of another model (``--ckpt_path`` with another config), naming the keys."""
+        hp = checkpoint.get("hyper_parameters") or {}
+        arch = ("backbone", "backbone_overrides", "patch_size", "stem", "pooling", "num_classes", "objective")
+        diff = [f"{k}: {hp[k]!r} in the checkpoint vs {self.hparams[k]!r} in the config" for k in arch
+                if k in hp and k in self.hparams and (hp[k] or None) != (self.hparams[k] or None)]
+        own = self.state_dict()
+        state = checkpoint.get("state_dict") or {}
+        diff += [f"{k} {tuple(v.shape)} in the checkpoint vs {tuple(own[k].shape)} here" for k, v in state.items()
+                 if k in own and hasattr(v, "shape") and v.shape != own[k].shape][:12]
+        missing = sorted(set(own) - set(state))
+        if state and missing:
+            diff.append(f"not in the checkpoint: {_describe(missing)}")
+        if diff:
+            raise ConfigError(f"ckpt_path: the checkpoint is of another model than the config's ({'; '.join(diff)}); "
+                              f"use the config the checkpoint was trained with")
+
+    def on_test_start(self) -> None:
+        trainer = self.trainer
+        if getattr(trainer, "ckpt_path", None) is None and self.global_step == 0:
+            if not getattr(self, "loaded_pretrained", None):
+                raise ConfigError("ckpt_path: test was given no checkpoint and the model is untrained (no pretrained_ckpt "
+                                  "either); pass --ckpt_path runs/<run>/checkpoints/best.ckpt")
+            warnings.warn(f"test: no --ckpt_path; testing the weights of pretrained_ckpt "
+                          f"{self.hparams.get('pretrained_ckpt')} ({len(self.loaded_pretrained)} tensors) with the rest "
+                          f"as initialised", stacklevel=2)
 
     def _hidden(self, ids: torch.Tensor) -> torch.Tensor:
         h = self.embed(ids)
@@ -123,6 +210,11 @@ class DNAClassifier(_DNABase):
         class_names: names for plots (default: the datamodule's labels).
         output_dir: where test metrics JSON and the confusion-matrix PNG go (default: the trainer's log dir).
         pretrained_ckpt: Lightning checkpoint (or save_pretrained folder) to take backbone weights from.
+        pretrained_allow_partial: load only the matching tensors of a checkpoint of another model (default: refuse it,
+            naming the mismatched keys).
+
+    Raises ConfigError for values out of range (lr, dropout, num_classes, ...) and, at setup, for a data window
+    that is not a multiple of patch_size (or odd with pooling: cls on an RC-equivariant backbone).
     """
 
     def __init__(self, num_classes: int, backbone: str = "caduceus_ps_dna_small", backbone_overrides: dict | None = None,
@@ -130,10 +222,13 @@ class DNAClassifier(_DNABase):
                  stem: Literal["patch", "conv"] = "patch", conjoin: bool = False,
                  dropout: float = 0.0, lr: float = 2e-3, weight_decay: float = 0.01, warmup_steps: int = 20,
                  class_names: list[str] | None = None, output_dir: str | None = None,
-                 pretrained_ckpt: str | None = None):
+                 pretrained_ckpt: str | None = None, pretrained_allow_partial: bool = False):
         super().__init__()
-        if num_classes < 2:
-            raise ConfigError(f"num_classes: got {num_classes}, expected at least 2")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ConfigError(f"model.num_classes: got {num_classes!r}, expected an integer >= 2")
+        if isinstance(patch_size, bool) or not isinstance(patch_size, int):
+            raise ConfigError(f"model.patch_size: got {patch_size!r}, expected an integer >= 1")
+        self._check_hparams(lr, weight_decay, warmup_steps, dropout)
         self.save_hyperparameters()
         self._build_trunk(backbone, backbone_overrides, patch_size, stem)
         if pooling == "cls" and self.stem is not None:
@@ -141,7 +236,7 @@ class DNAClassifier(_DNABase):
         self.head = SequenceHead(self.backbone.d_model, num_classes, pooling, self.rc, dropout)
         self.loaded_pretrained: list[str] = []
         if pretrained_ckpt:
-            self.loaded_pretrained = load_pretrained_weights(self, pretrained_ckpt)
+            self.loaded_pretrained = load_pretrained_weights(self, pretrained_ckpt, pretrained_allow_partial)
         self._eval: dict[str, list] = {}
         self.test_results: dict | None = None
         self.history: list[dict] = []
@@ -149,6 +244,7 @@ class DNAClassifier(_DNABase):
     # ------------------------------------------------------------------ forward
     def features(self, ids: torch.Tensor) -> torch.Tensor:
         """Pooled features (B, d) -- RC-invariant (B, d // 2) for RC-equivariant backbones."""
+        self.check_length(ids.shape[-1], f"input of {ids.shape[-1]} bases")
         cls_index = None
         if self.hparams.pooling == "cls":
             ids, cls_index = insert_cls(ids, self.causal)
@@ -164,6 +260,7 @@ class DNAClassifier(_DNABase):
 
     # ------------------------------------------------------------------ steps
     def setup(self, stage: str) -> None:
+        self._check_data()
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         n = getattr(dm, "num_classes", None)
         if n is not None and n != self.hparams.num_classes:
@@ -227,7 +324,9 @@ class DNAClassifier(_DNABase):
                                  title=f"test accuracy {m['accuracy']:.3f}")
         dm = getattr(self.trainer, "datamodule", None)
         self.test_results = {**m, "class_names": names, "window": getattr(dm, "window", None),
-                             "confusion_png": str(png), "val_history": self.history}
+                             "confusion_png": str(png)}
+        if self.history:  # validation curve of this process's fit (none when testing a checkpoint alone)
+            self.test_results["val_history"] = self.history
         atomic_write_json(out / "test_metrics.json", self.test_results)
 
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
@@ -256,13 +355,20 @@ class DNALanguageModel(_DNABase):
         objective: ``causal``, ``masked``, or ``auto`` (causal for causal backbones, masked otherwise).
         mask_prob: fraction of bases selected for the masked objective.
         pretrained_ckpt: resume weights (backbone/embedding) from a checkpoint.
+        pretrained_allow_partial: load only the matching tensors of a checkpoint of another model.
+
+    A batch with no target (an all-N window; a masked batch whose random mask picked no base) has loss 0 and no
+    gradient; in training it is a skipped step (``training_step`` returns None), in evaluation it is not counted.
     """
 
     def __init__(self, backbone: str = "caduceus_ps_dna_small", backbone_overrides: dict | None = None,
                  objective: Literal["auto", "causal", "masked"] = "auto", mask_prob: float = 0.15,
                  lr: float = 2e-3, weight_decay: float = 0.01, warmup_steps: int = 20,
-                 pretrained_ckpt: str | None = None):
+                 pretrained_ckpt: str | None = None, pretrained_allow_partial: bool = False):
         super().__init__()
+        self._check_hparams(lr, weight_decay, warmup_steps)
+        if not isinstance(mask_prob, (int, float)) or not 0.0 < mask_prob < 1.0:
+            raise ConfigError(f"model.mask_prob: got {mask_prob!r}; expected a fraction in (0, 1)")
         self.save_hyperparameters()
         self._build_trunk(backbone, backbone_overrides)
         if objective == "auto":
@@ -273,8 +379,12 @@ class DNALanguageModel(_DNABase):
         self.objective = objective
         self.lm_head = LMHead(self.backbone.d_model, self.tokenizer.vocab_size, self.rc, self.tokenizer.complement_map)
         self.register_buffer("_bases", torch.tensor(NUCLEOTIDE_IDS), persistent=False)
+        self.loaded_pretrained: list[str] = []
         if pretrained_ckpt:
-            load_pretrained_weights(self, pretrained_ckpt)
+            self.loaded_pretrained = load_pretrained_weights(self, pretrained_ckpt, pretrained_allow_partial)
+
+    def setup(self, stage: str) -> None:
+        self._check_data()
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Per-position vocabulary logits (B, L, V)."""
@@ -300,11 +410,17 @@ class DNALanguageModel(_DNABase):
             inp, target = self._mask(ids)
             logits = self(inp)
         n = int((target != -100).sum())
+        if n == 0:  # cross_entropy's mean over no targets is 0/0 = NaN
+            return logits.float().sum() * 0.0, 0
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=-100)
         return loss, n
 
     def training_step(self, batch, batch_idx):
         loss, n = self.lm_loss(batch["input_ids"])
+        if n == 0:
+            if self._trainer is not None and self.trainer.world_size > 1:
+                return loss  # every rank must run backward under DDP: a zero loss with zero gradients
+            return None  # Lightning skips the optimiser step of this batch
         self.log_dict({"train_loss": loss, "train_bpb": loss / math.log(2)}, prog_bar=True,
                       batch_size=batch["input_ids"].shape[0])
         return loss
@@ -317,8 +433,10 @@ class DNALanguageModel(_DNABase):
                 loss, n = self.lm_loss(batch["input_ids"])
         else:
             loss, n = self.lm_loss(batch["input_ids"])
+        if n == 0:  # nothing to score in this batch
+            return
         self.log_dict({f"{stage}_loss": loss, f"{stage}_bpb": loss / math.log(2), f"{stage}_ppl": torch.exp(loss)},
-                      prog_bar=stage == "val", batch_size=max(1, n))
+                      prog_bar=stage == "val", batch_size=n)
 
     def validation_step(self, batch, batch_idx):
         self._eval_step("val", batch)

@@ -135,9 +135,31 @@ def create_model(name: str, **overrides):
         if unknown:
             raise ConfigError(f"create_model({name!r}): unknown override(s) {unknown}; expected hyperparameters of "
                               f"{preset.builder_name}: {sorted(set(accepted) - {'self'})}")
+    check_sizes(overrides, f"create_model({name!r})")
     model = preset(**overrides)
     model.config = {**model.config, "preset": name}
     return model
+
+
+# hyperparameters that size a model: a zero, negative or non-integer value fails deep inside torch otherwise
+_POSITIVE_INTS = ("d_model", "n_layer", "d_state", "d_conv", "headdim", "chunk_size", "ngroups", "d_inner")
+
+
+def check_sizes(hparams: dict, who: str) -> None:
+    """Raise a one-line ConfigError if a size hyperparameter (``d_model``, ``n_layer``, ``d_state``, ``d_conv``,
+    ...) is not a positive int, ``expand`` is not a positive number, or ``dt_rank`` is neither one nor 'auto'."""
+    for key in _POSITIVE_INTS:
+        v = hparams.get(key)
+        if key in hparams and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ConfigError(f"{who}: {key}={v!r}; expected a positive integer")
+    if "expand" in hparams:
+        v = hparams["expand"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v != v:
+            raise ConfigError(f"{who}: expand={v!r}; expected a positive number")
+    if "dt_rank" in hparams:
+        v = hparams["dt_rank"]
+        if v is not None and v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ConfigError(f"{who}: dt_rank={v!r}; expected a positive integer or 'auto'")
 
 
 def preset(name: str, builder_cls: type, **defaults):

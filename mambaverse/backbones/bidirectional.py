@@ -6,11 +6,11 @@ import inspect
 import torch.nn as nn
 
 from ..configurable import builder
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError
 from ..mixers import D_CONV, D_STATE, EXPAND
 from ..mixers.bidirectional import resolve_combine
 from ..rc import RCEquivariant
-from .stack import MixerStack
+from .stack import MixerStack, check_hidden
 
 _ARGS_DOC = """
     Args:
@@ -84,7 +84,5 @@ class RCPSBackbone(nn.Module):
 
     def forward(self, hidden, chunking=None):
         """hidden (B, L, d_model) -> (B, L, d_model); ``chunking`` (a Chunking or chunk_len) overrides chunk_len."""
-        if hidden.dim() != 3 or hidden.shape[-1] != self.d_model:
-            raise ShapeError(f"RCPSBackbone: input has shape {tuple(hidden.shape)}, "
-                             f"expected (batch, length, d_model={self.d_model})")
+        check_hidden(hidden, self.d_model, "RCPSBackbone")
         return self.rc(hidden, chunking=chunking)

@@ -13,6 +13,23 @@ from .block import ResidualBlock
 from .sweep import Chunking, check_chunk_len, sweep_chunks, sweep_layers
 
 
+def check_hidden(hidden, d_model: int, who: str) -> None:
+    """Raise a one-line ShapeError unless ``hidden`` is a floating (B, L, d_model) tensor with L >= 1.
+
+    Integer token ids and empty sequences are the usual mistakes: say so instead of failing deep in a mixer.
+    """
+    if not torch.is_tensor(hidden):
+        raise ShapeError(f"{who}: input is a {type(hidden).__name__}; expected a float tensor (batch, length, "
+                         f"d_model={d_model})")
+    if not (hidden.is_floating_point() or hidden.is_complex()):
+        raise ShapeError(f"{who}: input has dtype {hidden.dtype} and shape {tuple(hidden.shape)} (token ids?); a "
+                         f"backbone takes float hidden states (batch, length, d_model={d_model}): embed ids first")
+    if hidden.dim() != 3 or hidden.shape[-1] != d_model:
+        raise ShapeError(f"{who}: input has shape {tuple(hidden.shape)}, expected (batch, length, d_model={d_model})")
+    if hidden.shape[1] == 0:
+        raise ShapeError(f"{who}: input has length 0 (shape {tuple(hidden.shape)}); expected at least one position")
+
+
 class MixerStack(nn.Module):
     """``n_layer`` pre-norm residual blocks around mixers built by one factory, then a final RMSNorm.
 
@@ -54,9 +71,7 @@ class MixerStack(nn.Module):
     supports_context_parallel = carries_state
 
     def _check(self, hidden):
-        if hidden.dim() != 3 or hidden.shape[-1] != self.d_model:
-            raise ShapeError(f"{type(self).__name__}: input has shape {tuple(hidden.shape)}, "
-                             f"expected (batch, length, d_model={self.d_model})")
+        check_hidden(hidden, self.d_model, type(self).__name__)
 
     def _run(self, layer, hidden, **kwargs):
         if self.checkpoint_layers and self.training and torch.is_grad_enabled():
