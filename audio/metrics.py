@@ -178,7 +178,8 @@ def probabilities_and_features(classifier: DigitClassifier, wavs: torch.Tensor, 
     probs, feats = [], []
     for s in _batches(len(wavs), batch_size):
         f = classifier.features(wavs[s].to(device))
-        probs.append(classifier.net.get_classifier()(f).softmax(-1).double().cpu())
+        # softmax in float64: a confident classifier's small probabilities stay representable for mIS and AM
+        probs.append(classifier.net.get_classifier()(f).double().softmax(-1).cpu())
         feats.append(f.double().cpu())
     return torch.cat(probs), torch.cat(feats)
 
@@ -186,15 +187,16 @@ def probabilities_and_features(classifier: DigitClassifier, wavs: torch.Tensor, 
 def modified_inception_score(probs: torch.Tensor) -> float:
     """mIS = exp(E_{i,j} KL(p_i || p_j)) over all ordered pairs (i, j) of probs (N, C), exactly: the mean of
     sum_c p_ic (log p_ic - log p_jc) over i and j is mean_i sum p_i log p_i - (mean_i p_i) . (mean_j log p_j)."""
-    logp = probs.clamp_min(1e-12).log()
-    return math.exp(float((probs * logp).sum(-1).mean() - (probs.mean(0) * logp.mean(0)).sum()))
+    logp = probs.clamp_min(1e-300).log()
+    exponent = float((probs * logp).sum(-1).mean() - (probs.mean(0) * logp.mean(0)).sum())
+    return math.exp(exponent) if exponent < 700 else math.inf  # a near-one-hot classifier can reach e^700
 
 
 def am_score(train_probs: torch.Tensor, probs: torch.Tensor) -> float:
     """AM = KL(mean train p(y|x) || mean p(y|x)) + mean entropy of p(y|x); lower is better."""
-    p_train, p_gen = train_probs.mean(0), probs.mean(0).clamp_min(1e-12)
-    kl = float((p_train * (p_train.clamp_min(1e-12).log() - p_gen.log())).sum())
-    entropy = float(-(probs * probs.clamp_min(1e-12).log()).sum(-1).mean())
+    p_train, p_gen = train_probs.mean(0), probs.mean(0).clamp_min(1e-300)
+    kl = float((p_train * (p_train.clamp_min(1e-300).log() - p_gen.log())).sum())
+    entropy = float(-(probs * probs.clamp_min(1e-300).log()).sum(-1).mean())
     return kl + entropy
 
 
@@ -236,7 +238,7 @@ def format_table(rows: list[tuple[str, dict]], classifier_info: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for name, m in rows:
         lines.append(f"| {name} | {m['n']} | {cell(m.get('NLL'), '.3f')} | {cell(m['FID'], '.2f')} | "
-                     f"{cell(m['IS'], '.2f')} | {cell(m['mIS'], '.2f')} | {cell(m['AM'], '.3f')} | "
+                     f"{cell(m['IS'], '.2f')} | {cell(m['mIS'], '.4g')} | {cell(m['AM'], '.3f')} | "
                      f"{cell(m.get('digit_acc'), '.3f')} |")
     lines.append(f"\nClassifier: timm {classifier_info.get('arch')} on log-mel spectrograms, test accuracy "
                  f"{classifier_info.get('test_acc', float('nan')):.3f} (val {classifier_info.get('val_acc', float('nan')):.3f}).")
