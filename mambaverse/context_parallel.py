@@ -5,28 +5,35 @@ recurrence h_t = dA_t h_{t-1} + dBu_t, so the state entering slice r is a fold o
 two small tensors each (b, d_inner, d_state): the slice's total decay P_j = prod_t dA_t = exp(A * sum_t dt_t)
 and its final state h0_j when scanned from zero:  h_in_0 = 0,  h_in_{r+1} = P_r h_in_r + h0_r.
 
-Per layer and direction:
+Per layer and direction (``method="correct"``, the default, for mixers with ``corrects_state``):
   1. conv halo: the d_conv-1 conv inputs just before the slice (after it, for the reverse direction) come
      from the neighbouring rank (one all-gather of (b, d_inner, d_conv-1) edges);
-  2. pass 1: scan the slice from a zero state, keeping only its final state and sum_t dt (-> P);
+  2. pass 1: the layer's output on the slice from a zero SSM state (and the true conv halo), keeping the
+     outputs, the final state and each chunk's total decay;
   3. exchange: all-gather the (P, h0) pairs and fold them into this rank's incoming state h_in;
-  4. pass 2: the layer's real output, by running the slice's scan again with initial_state = h_in.
-Step 4 re-runs the scan rather than adding the correction y_t += C_t (prod_{s<=t} dA_s) h_in. Both are
-exact and both cost one more (b, d, n, l)-sized sweep; the re-run is one call of the tested op (any backend,
-D skip, z gate and fp32 state handled there), needs no new kernel, and gives bit-for-bit the numbers of a
-single scan with that initial state instead of a sum of two rounded terms.
+  4. correction: add the incoming state's contribution, out_proj(C_t (prod_{s<=t} dA_s) h_in * silu(z_t))
+     (``mambaverse.ops.state_correction``, a fused kernel on CUDA), chunk by chunk with h_in decayed to
+     each chunk's start. The correction of a decaying state vanishes: once the decay from the slice's edge
+     has underflowed to exactly zero on every rank (one all-reduce of flags decides, so that all ranks
+     build the same autograd graph), the remaining chunks are skipped, and the kernel itself stops
+     where its decay underflows. Each rank then does one scan of its slice plus a short correction,
+     instead of two scans.
+``method="rescan"`` (and mixers without ``corrects_state``, e.g. bidirectional layers whose directions
+multiply, where a correction would not add) replaces 2 by a state-only pass and 4 by running the slice's
+scan again with initial_state = h_in: exact too, but every rank scans its slice twice.
 
 The reverse direction of bidirectional layers mirrors all of it: its state and halo flow from the last
-rank to the first. Backward mirrors forward through autograd: the one collective, ``gather_stack`` (an
-all-gather), has an all-reduce-sum as its backward, so every state gradient reaches the rank that made the
-state. Collectives run only between the checkpointed passes, never inside a recomputed region, and every
-rank issues them in the same order.
+rank to the first. Backward mirrors forward through autograd: the one differentiable collective,
+``gather_stack`` (an all-gather), has an all-reduce-sum as its backward, so every state gradient reaches
+the rank that made the state; the correction's backward gives the gradient of h_in and the extra
+gradients of dt, A, C and z. Collectives run only between the checkpointed passes, never inside a
+recomputed region, and every rank issues them in the same order.
 
-``chunk_len`` composes with this: passes 1 and 2 run over the local slice in state-carrying, checkpointed
-chunks: the same layer-major sweep as single-device chunking (``mambaverse.backbones.sweep``), with the
-states entering the slice supplied by the exchange. Each rank's memory is bounded by one chunk plus each
-layer's input slice. Everything here uses only the mixers' state API (``mambaverse.mixers.state``:
-``conv_state_from``, ``transfer``, ``direction``, ``combine``), so any state-carrying mixer works.
+``chunk_len`` composes with this: the passes run over the local slice in state-carrying, checkpointed
+chunks (one region per chunk, pass and direction), with the states entering the slice supplied by the
+exchange. Each rank's memory is bounded by one chunk plus each layer's input slice. Everything here uses
+only the mixers' state API (``mambaverse.mixers.state``: ``conv_state_from``, ``transfer``, ``direction``,
+``combine``, ``state_contribution``), so any state-carrying mixer works.
 
 A backbone runs context parallel when :class:`ContextParallel` is installed as its ``runner``
 (``enable_context_parallel``); its parameters, state-dict names and forward stay its own.
@@ -42,11 +49,13 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .backbones import Chunking, MixerStack
-from .backbones.sweep import own, sweep_layers
+from .backbones.sweep import chunk_runner, own, sweep_layer
 from .errors import ConfigError, ShapeError
 from .mixers import MixerState
 
-__all__ = ["ContextParallel", "ContextParallelBackbone", "context_parallel_forward", "disable_context_parallel",
+METHODS = ("correct", "rescan")
+
+__all__ = ["METHODS", "ContextParallel", "ContextParallelBackbone", "context_parallel_forward", "disable_context_parallel",
            "enable_context_parallel", "gather_stack", "shard_sequence"]
 
 
@@ -118,12 +127,8 @@ def _transfer_chunk(block, reverse, h, conv, ssm, decay):
     return own(state.conv), own(state.ssm), chunk_decay if decay is None else decay * chunk_decay
 
 
-def _incoming_state(block, pieces, reverse, halo, group, run):
-    """Passes 1 and 3: this rank's true incoming SSM state for one layer and direction."""
-    order = range(len(pieces) - 1, -1, -1) if reverse else range(len(pieces))
-    conv, ssm, decay = halo, None, None
-    for i in order:
-        conv, ssm, decay = run(_transfer_chunk, block, reverse, pieces[i], conv, ssm, decay)
+def _fold(decay, ssm, reverse, group):
+    """Step 3: this rank's true incoming SSM state from every rank's (slice decay, final state from zero)."""
     pairs = gather_stack(torch.stack([decay, ssm]), group)  # (world, 2, b, d_inner, n)
     world, rank = pairs.shape[0], dist.get_rank(group)
     h = torch.zeros_like(ssm)
@@ -133,16 +138,88 @@ def _incoming_state(block, pieces, reverse, halo, group, run):
         states.append(h)
     if reverse:
         states.reverse()
+    # indexing the stack (not picking the list entry) keeps every rank's graph the same shape, zeros included
     return torch.stack(states)[rank]
 
 
+def _incoming_state(block, pieces, reverse, halo, group, run):
+    """The rescan method's pass 1 and exchange: this rank's true incoming SSM state for one layer and direction."""
+    order = range(len(pieces) - 1, -1, -1) if reverse else range(len(pieces))
+    conv, ssm, decay = halo, None, None
+    for i in order:
+        conv, ssm, decay = run(_transfer_chunk, block, reverse, pieces[i], conv, ssm, decay)
+    return _fold(decay, ssm, reverse, group)
+
+
 def _exchange(block, pieces, run, group):
-    """``sweep_layers``' ``entering``: the MixerState entering this rank's slice in each direction."""
+    """The rescan method: the MixerState entering this rank's slice in each direction (``sweep_layer``'s ``entering``)."""
     entering = {}
     for reverse in sorted(block.mixer.directions, reverse=True):  # reverse first, as every rank does
         halo = _halo(block, pieces, reverse, group)
         entering[reverse] = MixerState(halo, _incoming_state(block, pieces, reverse, halo, group, run))
     return entering
+
+
+# ----------------------------------------------------------------------------- one scan plus a correction
+def _segment_chunk(block, reverse, h, conv, ssm):
+    """Pass 1 on one chunk: its contribution from the state given (zero SSM state at the slice's edge), the
+    state leaving it, and its total decay."""
+    y, state, decay = block.mixer.direction(block.norm(h), reverse, MixerState(conv, ssm), True, True)
+    return y, own(state.conv), own(state.ssm), decay
+
+
+def _correction_chunk(block, reverse, h, h_in, conv):
+    """Step 4 on one chunk: what its contribution gains from the SSM state h_in entering it."""
+    return block.mixer.state_contribution(block.norm(h), h_in, reverse, conv)
+
+
+def _corrected_direction(block, pieces, reverse, run, group):
+    """One direction of one layer over this rank's chunks: pass 1, exchange, correction; the contributions."""
+    n = len(pieces)
+    order = list(range(n - 1, -1, -1) if reverse else range(n))
+    conv, ssm = _halo(block, pieces, reverse, group), None
+    ys, convs, decays = [None] * n, [None] * n, [None] * n
+    for i in order:
+        convs[i] = conv  # the conv state entering chunk i, reused by its correction
+        ys[i], conv, ssm, decays[i] = run(_segment_chunk, block, reverse, pieces[i], conv, ssm)
+    before, total = [None] * n, None  # decay from the slice's edge to each chunk's start; over the slice
+    for i in order:
+        before[i] = total
+        total = decays[i] if total is None else total * decays[i]
+    h_in = _fold(total, ssm, reverse, group)
+    # a chunk whose decay from the edge is exactly zero gains exactly nothing, gradients included; skip it
+    # only where that holds on every rank, so that all ranks build the same graph (backward collectives)
+    live = torch.stack([torch.ones((), dtype=torch.int32, device=ssm.device) if b is None
+                        else b.detach().any().to(torch.int32) for b in before])
+    dist.all_reduce(live, op=dist.ReduceOp.MAX, group=group)
+    for i, keep in zip(range(n), live.tolist()):
+        if keep:
+            state = h_in if before[i] is None else h_in * before[i]
+            ys[i] = ys[i] + run(_correction_chunk, block, reverse, pieces[i], state, convs[i])
+    return ys
+
+
+def _corrected_layer(block, pieces, run, group):
+    """One residual block over this rank's chunks by one scan per direction plus the state correction."""
+    mixer = block.mixer
+    contributions = [_corrected_direction(block, pieces, reverse, run, group)
+                     for reverse in sorted(mixer.directions, reverse=True)]  # reverse first, as every rank does
+    scale = mixer.additive_scale
+    out = []
+    for i, piece in enumerate(pieces):
+        y = contributions[0][i]
+        for other in contributions[1:]:
+            y = y + other[i]
+        out.append(piece + (y if scale == 1.0 else scale * y))
+        for c in contributions:
+            c[i] = None  # consumed: free it
+    return out
+
+
+def corrects_state(block) -> bool:
+    """Whether a layer can run context parallel by one scan plus a state correction (additive combine)."""
+    mixer = block.mixer
+    return bool(getattr(mixer, "corrects_state", False)) and mixer.additive_scale is not None
 
 
 # ----------------------------------------------------------------------------- backbones
@@ -166,14 +243,20 @@ class ContextParallel:
     Args:
         group: the torch.distributed process group of the ranks sharing each sequence (None = the world).
         preserve_rng_state: replay the RNG when recomputing checkpointed chunks (off: Mamba draws none).
+        method: "correct" (one scan per layer and direction plus the state correction; layers whose mixer
+            cannot be corrected, e.g. multiplying bidirectional ones, fall back to "rescan") or "rescan"
+            (scan each slice again from the true incoming state). Both are exact.
 
     ``runner(stack, hidden, chunking)``: hidden (B, s, d_model) is this rank's slice; returns this rank's
     slice of the features, equal (values and gradients) to running the whole sequence on one process.
     ``chunking`` None runs the whole slice as one chunk.
+    Raises ConfigError for an unknown method.
     """
 
-    def __init__(self, group=None, preserve_rng_state: bool = False):
-        self.group, self.preserve_rng_state = group, preserve_rng_state
+    def __init__(self, group=None, preserve_rng_state: bool = False, method: str = "correct"):
+        if method not in METHODS:
+            raise ConfigError(f"context parallel: method={method!r}; expected one of {METHODS}")
+        self.group, self.preserve_rng_state, self.method = group, preserve_rng_state, method
 
     def __call__(self, stack: MixerStack, hidden: torch.Tensor, chunking: Chunking | None = None) -> torch.Tensor:
         check_context_parallel(stack)
@@ -184,19 +267,30 @@ class ContextParallel:
             raise ConfigError("context parallel: torch.distributed is not initialized")
         plan = Chunking(chunking.chunk_len if chunking else hidden.shape[1],
                         preserve_rng_state=self.preserve_rng_state)
-        return sweep_layers(stack, hidden, plan, entering=partial(_exchange, group=self.group))
+        run, _ = chunk_runner(stack, plan)
+        pieces = list(hidden.split(plan.chunk_len, dim=1))
+        for block in stack.layers:
+            if self.method == "correct" and corrects_state(block):
+                pieces = _corrected_layer(block, pieces, run, self.group)
+            else:
+                pieces = sweep_layer(block, pieces, run, _exchange(block, pieces, run, self.group))
+        out = [run(stack.norm_f, p) for p in pieces]  # the final norm keeps nothing either
+        return torch.cat(out, dim=1) if len(out) > 1 else out[0]
 
 
 def context_parallel_forward(backbone: nn.Module, hidden: torch.Tensor, group=None, chunk_len: int | None = None,
-                             preserve_rng_state: bool = False) -> torch.Tensor:
+                             preserve_rng_state: bool = False, method: str = "correct") -> torch.Tensor:
     """``backbone`` (CausalBackbone or BidirectionalBackbone whose mixers carry state) on this rank's slice
     ``hidden`` (B, s, d_model) of a sequence split over ``group``; returns this rank's slice of the features,
-    in chunks of ``chunk_len`` (default: the backbone's ``chunk_len``, else the whole slice).
+    in chunks of ``chunk_len`` (default: the backbone's ``chunk_len``, else the whole slice). ``method``: see
+    :class:`ContextParallel`.
 
-    Raises ConfigError for another backbone or an uninitialized process group, ShapeError for a bad shape."""
+    Raises ConfigError for another backbone, an unknown method or an uninitialized process group,
+    ShapeError for a bad shape."""
     stack = check_context_parallel(backbone)
     chunk_len = chunk_len or stack.chunk_len
-    return ContextParallel(group, preserve_rng_state)(stack, hidden, Chunking(chunk_len) if chunk_len else None)
+    runner = ContextParallel(group, preserve_rng_state, method)
+    return runner(stack, hidden, Chunking(chunk_len) if chunk_len else None)
 
 
 class ContextParallelBackbone(nn.Module):

@@ -23,12 +23,17 @@ class SSMDirections(nn.Module):
     """
 
     carries_state = True
+    corrects_state = True
     directions: tuple[bool, ...] = (False,)
     d_model: int
     d_inner: int
     backend: str
 
     def _parts(self, reverse: bool):
+        raise NotImplementedError
+
+    def _out_weight(self, reverse: bool) -> torch.Tensor:
+        """The weight of the out_proj that ``direction(reverse)`` applies to the SSM output."""
         raise NotImplementedError
 
     def _check_direction(self, reverse: bool):
@@ -48,6 +53,18 @@ class SSMDirections(nn.Module):
         """hidden (B, L, d_model) -> (decay (B, d_inner, d_state) fp32, MixerState leaving); no outputs computed."""
         x, ssm = self._x(hidden, reverse)
         return ssm.transfer(x, initial_state, self.backend)
+
+    def state_contribution(self, hidden, h_in, reverse: bool = False, conv_state=None):
+        """What ``direction(hidden, reverse, MixerState(conv_state, s))`` gains when the SSM state entering is
+        ``s + h_in`` instead of ``s``: (B, L, d_model), linear in h_in (B, d_inner, d_state); out_proj without
+        its bias applied to the SSM's ``correction`` (``mambaverse.ops.state_correction``). Context parallel
+        adds it to a slice scanned from a zero state once the true incoming state is known."""
+        self._check_direction(reverse)
+        check_hidden(hidden, self.d_model, type(self).__name__)
+        proj, ssm = self._parts(reverse)
+        x, z = proj(hidden).transpose(1, 2).chunk(2, dim=1)
+        corr = ssm.correction(x, z, h_in, conv_state, self.backend)
+        return F.linear(corr.transpose(1, 2), self._out_weight(reverse))
 
     @property
     def conv_context(self) -> int:

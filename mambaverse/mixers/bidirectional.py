@@ -79,27 +79,37 @@ class BidirectionalMamba(SSMDirections):
         proj = self.in_proj_rev if (reverse and not self.tie_projections) else self.in_proj
         return proj, (self.ssm_rev if reverse else self.ssm_fwd)
 
-    def direction(self, hidden, reverse: bool = False, initial_state=None, return_final_state=False):
+    def _out_weight(self, reverse):
+        return (self.out_proj_rev if reverse and not self.tie_projections else self.out_proj).weight
+
+    @property
+    def corrects_state(self) -> bool:
+        """A late-entering state's contribution adds to the block output only when the directions add."""
+        return self.combine_mode == "add"
+
+    def direction(self, hidden, reverse: bool = False, initial_state=None, return_final_state=False,
+                  return_decay=False):
         """One direction's contribution (B, L, d_model), ready for `combine`, with state carrying.
 
         Forward direction: ``initial_state`` (a MixerState) enters before position 0 and the final state
         leaves after position L-1. Reverse direction: it enters after position L-1 and leaves before
         position 0, so chunks of a long sequence are visited right to left. With tied projections and "add",
         the reverse contribution has no out_proj bias (the bias enters once, with the forward one), so that
-        ``combine(direction(h, False), direction(h, True)) == forward(h)``."""
+        ``combine(direction(h, False), direction(h, True)) == forward(h)``. ``return_decay`` also returns the
+        segment's total decay (B, d_inner, d_state) fp32 (see ``mixers.state``)."""
         check_hidden(hidden, self.d_model, "BidirectionalMamba")
         proj, ssm = self._parts(reverse)
         x, z = proj(hidden).transpose(1, 2).chunk(2, dim=1)
-        out = ssm(x, z, initial_state, return_final_state, self.backend)
-        y, state = out if return_final_state else (out, None)
-        y = y.transpose(1, 2)
+        out = ssm(x, z, initial_state, return_final_state, self.backend, return_decay)
+        rest = out[1:] if (return_final_state or return_decay) else ()
+        y = (out[0] if rest else out).transpose(1, 2)
         if not self.tie_projections:
             y = (self.out_proj_rev if reverse else self.out_proj)(y)
         elif self.combine_mode == "add":
             y = F.linear(y, self.out_proj.weight, None if reverse else self.out_proj.bias)
         else:
             y = self.out_proj(y)
-        return (y, state) if return_final_state else y
+        return (y, *rest) if rest else y
 
     @property
     def additive_scale(self) -> float | None:

@@ -40,20 +40,25 @@ class Mamba(SSMDirections):
     def _parts(self, reverse):
         return self.in_proj, self.ssm
 
+    def _out_weight(self, reverse):
+        return self.out_proj.weight
+
     def forward(self, hidden, initial_state=None, return_final_state=False):
         """hidden (B, L, d_model) -> (B, L, d_model) [, MixerState leaving]. initial_state: a MixerState
         (conv_state (B, d_inner, d_conv-1), ssm_state (B, d_inner, d_state)) entering before position 0."""
+        return self.direction(hidden, False, initial_state, return_final_state)
+
+    def direction(self, hidden, reverse: bool = False, initial_state=None, return_final_state=False,
+                  return_decay=False):
+        """The state API's per-direction call; for this causal mixer, ``forward`` itself. ``return_decay``
+        also returns the segment's total decay (B, d_inner, d_state) fp32 (see ``mixers.state``)."""
+        self._check_direction(reverse)
         check_hidden(hidden, self.d_model, "Mamba")
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)
-        out = self.ssm(x, z, initial_state, return_final_state, self.backend)
-        y, state = out if return_final_state else (out, None)
-        y = self.out_proj(y.transpose(1, 2))
-        return (y, state) if return_final_state else y
-
-    def direction(self, hidden, reverse: bool = False, initial_state=None, return_final_state=False):
-        """The state API's per-direction call; for this causal mixer, ``forward`` itself."""
-        self._check_direction(reverse)
-        return self.forward(hidden, initial_state, return_final_state)
+        out = self.ssm(x, z, initial_state, return_final_state, self.backend, return_decay)
+        if not (return_final_state or return_decay):
+            return self.out_proj(out.transpose(1, 2))
+        return (self.out_proj(out[0].transpose(1, 2)), *out[1:])
 
     def allocate_cache(self, batch: int, device=None, dtype=torch.float32) -> MambaCache:
         """A zeroed decoding cache: conv (batch, d_inner, d_conv-1), ssm (batch, d_inner, d_state) fp32."""

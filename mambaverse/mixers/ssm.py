@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..cache import MambaCache
-from ..ops import causal_conv1d, causal_conv1d_step, selective_scan
+from ..ops import causal_conv1d, causal_conv1d_step, selective_scan, state_correction
 from .defaults import D_CONV, D_STATE
 from .state import MixerState, as_state
 
@@ -69,19 +69,38 @@ class SelectiveSSM(nn.Module):
                     D=self.D.float(), delta_bias=self.dt_proj.bias.float())
         return args, conv_tail
 
-    def forward(self, x, z=None, initial_state=None, return_final_state=False, backend="auto"):
-        """x, z (B, d_inner, L) -> y (B, d_inner, L) [, MixerState leaving].
+    def forward(self, x, z=None, initial_state=None, return_final_state=False, backend="auto", return_decay=False):
+        """x, z (B, d_inner, L) -> y (B, d_inner, L) [, MixerState leaving] [, decay].
 
         initial_state: a MixerState / (conv_state (B, d_inner, d_conv-1), ssm_state (B, d_inner, N)) pair,
-        entering before position 0 (after position L-1 when ``reverse``); either part may be None (zeros)."""
+        entering before position 0 (after position L-1 when ``reverse``); either part may be None (zeros).
+        return_decay: also return the segment's total decay prod_t exp(dt_t A), (B, d_inner, N) fp32 (the
+        state API's ``transfer`` decay), computed from the same dt."""
         conv_state, ssm_state = as_state(initial_state) or (None, None)
         args, conv_tail = self.scan_args(x, conv_state, return_final_state)
         out = selective_scan(**args, z=z, delta_softplus=True, initial_state=ssm_state,
                              return_final_state=return_final_state, reverse=self.reverse, backend=backend)
         if return_final_state:
             y, ssm_last = out
-            return y, MixerState(conv_tail, ssm_last)
+            out = (y, MixerState(conv_tail, ssm_last))
+        if return_decay:
+            return (*out, self._decay(args)) if return_final_state else (out, self._decay(args))
         return out
+
+    @staticmethod
+    def _decay(args):
+        dt_sum = F.softplus(args["delta"].float() + args["delta_bias"][:, None]).sum(-1)  # (B, d_inner)
+        return torch.exp(dt_sum[..., None] * args["A"])
+
+    def correction(self, x, z, h_in, conv_state=None, backend="auto"):
+        """What ``forward``'s output gains when the SSM state h_in (B, d_inner, N) enters instead of zeros:
+        C_t (prod_{s<=t} dA_s) h_in times silu(z_t) (``mambaverse.ops.state_correction``). x, z (B, d_inner, L)
+        and conv_state as given to ``forward``; returns (B, d_inner, L). Linear in h_in."""
+        args, _ = self.scan_args(x, conv_state)
+        # the correction has its own backends (triton, torch, naive); a scan-only name (mamba_ssm) means auto
+        backend = backend if backend in ("triton", "torch", "naive") else "auto"
+        return state_correction(args["delta"], args["A"], args["C"], h_in, z=z, delta_bias=args["delta_bias"],
+                                delta_softplus=True, reverse=self.reverse, backend=backend)
 
     def transfer(self, x, initial_state=None, backend="auto"):
         """x (B, d_inner, L) -> (decay (B, d_inner, N) fp32, MixerState leaving); see ``mixers.state``."""
@@ -89,8 +108,7 @@ class SelectiveSSM(nn.Module):
         args, conv_tail = self.scan_args(x, conv_state, True)
         _, ssm_last = selective_scan(**args, delta_softplus=True, initial_state=ssm_state, return_final_state=True,
                                      reverse=self.reverse, backend=backend)
-        dt_sum = F.softplus(args["delta"].float() + args["delta_bias"][:, None]).sum(-1)  # (B, d_inner)
-        return torch.exp(dt_sum[..., None] * args["A"]), MixerState(conv_tail, ssm_last)
+        return self._decay(args), MixerState(conv_tail, ssm_last)
 
     def conv_state_from(self, x):
         """The conv state leaving a segment whose inputs end (start, if ``reverse``) with x (B, d_inner, >= d_conv-1)."""
