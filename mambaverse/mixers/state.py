@@ -22,6 +22,13 @@ Every state-carrying mixer (``carries_state = True``) implements:
     d_state) fp32 is the segment's total decay prod_t exp(dt_t A), so that the SSM state leaving is
     ``decay * h_in + final_state.ssm`` evaluated at h_in = 0 (the recurrence is linear in h). Context
     parallel folds these pairs across ranks.
+``direction(..., return_final_state=True, return_decay=True)``, ``corrects_state`` and
+``state_contribution(hidden, h_in, reverse=False, conv_state=None)`` (optional; Mamba-1 mixers)
+    a direction's contribution also with the segment's total decay (as ``transfer``'s), and what the
+    contribution gains when an SSM state ``h_in`` (B, d_inner, d_state) enters on top of the one it was
+    computed from: (B, L, d_model), linear in h_in (``mambaverse.ops.state_correction`` then out_proj
+    without bias). ``corrects_state`` says the block output adds it (additive ``combine``). Context
+    parallel then scans each slice once and corrects it instead of scanning it twice.
 ``conv_state_from(hidden, reverse=False)`` and ``conv_context``
     the conv part of the state leaving a segment, computed from its last ``conv_context = d_conv - 1``
     positions (first, reversed) alone: (B, conv_channels, d_conv - 1), or None when d_conv == 1.
