@@ -198,6 +198,29 @@ def evenly_spaced_windows(spans: list[Span], window: int, count: int, reader: _W
     return kept
 
 
+def _check_args(**kw) -> None:
+    """One-line GenomicsDataErrors naming the key and its allowed range (checked when the datamodule is built)."""
+    ranges = {"window": 1, "batch_size": 1, "train_samples": 1, "val_windows": 0, "test_windows": 0,
+              "predict_windows": 0, "num_workers": 0, "seed": 0}
+    for key, low in ranges.items():
+        v = kw[key]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+            raise GenomicsDataError(f"data.{key}: got {v!r}; expected an integer >= {low}")
+    rc = kw["rc_prob"]
+    if isinstance(rc, bool) or not isinstance(rc, (int, float)) or not 0.0 <= rc <= 1.0:
+        raise GenomicsDataError(f"data.rc_prob: got {rc!r}; expected a probability in [0, 1]")
+    cache = kw["cache_dir"]
+    if cache:
+        from pathlib import Path
+
+        p = Path(cache).expanduser()
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
+            raise GenomicsDataError(f"data.cache_dir: {cache} cannot be created or written ({p} is "
+                                    f"{'not a folder' if not p.is_dir() else 'not writable'}); expected a writable folder")
+
+
 class FastaDataModule(pl.LightningDataModule):
     """Labelled FASTA files (``label: [paths]``) as windows of token ids for classification or LM.
 
@@ -241,6 +264,9 @@ class FastaDataModule(pl.LightningDataModule):
             raise GenomicsDataError(f"window: got {window}, expected a positive number of bases")
         if not 0.0 <= max_n_fraction <= 1.0:
             raise GenomicsDataError(f"max_n_fraction: got {max_n_fraction}, expected a fraction in [0, 1]")
+        _check_args(window=window, batch_size=batch_size, train_samples=train_samples, val_windows=val_windows,
+                    test_windows=test_windows, predict_windows=predict_windows, rc_prob=rc_prob,
+                    num_workers=num_workers, seed=seed, cache_dir=cache_dir)
         self.files = {str(k): [str(p) for p in ([v] if isinstance(v, (str, os.PathLike)) else v)] for k, v in files.items()}
         self.labels = list(self.files)
         self.window, self.batch_size, self.split = int(window), int(batch_size), split
