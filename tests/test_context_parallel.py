@@ -1,10 +1,13 @@
-"""Context parallel over 2 gloo processes equals the single-process run: outputs and gradients."""
+"""Context parallel over 2 and 3 gloo processes equals the single-process run: outputs and gradients.
+
+Both methods: "correct" (one scan per slice plus the state correction, the default) and "rescan"; causal
+and bidirectional stacks, chunked inside each rank's slice, and a decay fast enough that the correction
+is skipped after a rank's first chunk (counted), still exact."""
 import os
 import socket
 
 import copy
 
-import lightning.pytorch as pl
 import pytest
 import torch
 import torch.distributed as dist
@@ -15,15 +18,15 @@ from mambaverse.backbones import BidirectionalBackbone, CausalBackbone, RCPSBack
 from mambaverse.context_parallel import (context_parallel_forward,
                                          enable_context_parallel, gather_stack, shard_sequence)
 from mambaverse.errors import ConfigError, ShapeError
-from mambaverse.training import ContextParallelStrategy
 
 WORLD, D, L = 2, 8, 42
 
-CASES = [
-    ("causal", dict(), None),
-    ("causal", dict(), 8),  # chunked inside each rank's slice of 21: chunks 8, 8, 5
-    ("bidirectional", dict(variant="caduceus", combine="add", tie_projections=True), None),
-    ("bidirectional", dict(variant="caduceus", combine="multiply", tie_projections=False), 8),
+CASES = [  # (backbone, its options, chunk_len inside each rank's slice, method)
+    ("causal", dict(), None, "correct"),
+    ("causal", dict(), 8, "rescan"),  # chunked inside each rank's slice of 21: chunks 8, 8, 5
+    ("bidirectional", dict(variant="caduceus", combine="add", tie_projections=True), None, "correct"),
+    # the directions multiply: a correction would not add, so this layer falls back to rescanning
+    ("bidirectional", dict(variant="caduceus", combine="multiply", tie_projections=False), 8, "correct"),
 ]
 
 
@@ -32,7 +35,7 @@ def _build(kind, kwargs):
     return cls(D, n_layer=2, backend="torch", **kwargs).train()
 
 
-def _check_case(rank, kind, kwargs, chunk_len, seed):
+def _check_case(rank, kind, kwargs, chunk_len, method, seed):
     torch.manual_seed(seed)
     model = _build(kind, kwargs)
     g = torch.Generator().manual_seed(seed + 100)
@@ -45,7 +48,7 @@ def _check_case(rank, kind, kwargs, chunk_len, seed):
     ref_grads = torch.autograd.grad((ref * weight).sum(), [full] + params)
     # context parallel on this rank's slice
     local = shard_sequence(hidden, None).clone().requires_grad_(True)
-    out = context_parallel_forward(model, local, None, chunk_len)
+    out = context_parallel_forward(model, local, None, chunk_len, method=method)
     grads = torch.autograd.grad((out * shard_sequence(weight, None)).sum(), [local] + params)
     torch.testing.assert_close(out, shard_sequence(ref, None).detach(), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(grads[0], shard_sequence(ref_grads[0], None), rtol=1e-4, atol=1e-5)
@@ -55,24 +58,27 @@ def _check_case(rank, kind, kwargs, chunk_len, seed):
         torch.testing.assert_close(total, p_ref, rtol=1e-4, atol=1e-5)
 
 
-class _TinyRegressor(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.backbone = CausalBackbone(D, n_layer=2, backend="torch")
-        self.head = nn.Linear(D, 1)
-
-    def loss(self, batch):
-        return ((self.head(self.backbone(batch["x"])).squeeze(-1) - batch["y"]) ** 2).mean()
-
-    def training_step(self, batch, batch_idx):
-        return self.loss(batch)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.5)
-
-
 def _lightning_step(rank):
     """One SGD step through Trainer + ContextParallelStrategy equals one full-sequence step on one process."""
+    import lightning.pytorch as pl  # here, so that the 3-rank workers do not import Lightning
+
+    from mambaverse.training import ContextParallelStrategy
+
+    class _TinyRegressor(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.backbone = CausalBackbone(D, n_layer=2, backend="torch")
+            self.head = nn.Linear(D, 1)
+
+        def loss(self, batch):
+            return ((self.head(self.backbone(batch["x"])).squeeze(-1) - batch["y"]) ** 2).mean()
+
+        def training_step(self, batch, batch_idx):
+            return self.loss(batch)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.5)
+
     os.environ.update(LOCAL_RANK=str(rank), NODE_RANK="0", WORLD_SIZE=str(WORLD), RANK=str(rank))
     torch.manual_seed(11)
     module = _TinyRegressor()
@@ -93,8 +99,8 @@ def _worker(rank, port):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        for i, (kind, kwargs, chunk_len) in enumerate(CASES):
-            _check_case(rank, kind, kwargs, chunk_len, seed=i)
+        for i, (kind, kwargs, chunk_len, method) in enumerate(CASES):
+            _check_case(rank, kind, kwargs, chunk_len, method, seed=i)
         # the in-place switch used by the Lightning strategy: same parameters, CP forward, no grad
         torch.manual_seed(7)
         model = _build("causal", {}).eval()
@@ -116,6 +122,69 @@ def _worker(rank, port):
         _lightning_step(rank)
     finally:
         dist.destroy_process_group()
+
+
+WORLD3, L3 = 3, 36  # 12 positions per rank
+
+
+def _counting(mixer, calls):
+    """Count the mixer's state_contribution calls (a spy around the real method, which still runs)."""
+    real = mixer.state_contribution
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    mixer.state_contribution = spy
+
+
+def _check3(model, chunk_len, method, seed):
+    g = torch.Generator().manual_seed(seed)
+    hidden, weight = torch.randn(2, L3, D, generator=g), torch.randn(2, L3, D, generator=g)
+    params = list(model.parameters())
+    full = hidden.clone().requires_grad_(True)
+    ref = model(full)
+    ref_grads = torch.autograd.grad((ref * weight).sum(), [full] + params)
+    calls = []
+    for layer in model.layers:
+        _counting(layer.mixer, calls)
+    local = shard_sequence(hidden).clone().requires_grad_(True)
+    out = context_parallel_forward(model, local, None, chunk_len, method=method)
+    forward_calls = len(calls)
+    grads = torch.autograd.grad((out * shard_sequence(weight)).sum(), [local] + params)
+    torch.testing.assert_close(out, shard_sequence(ref).detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[0], shard_sequence(ref_grads[0]), rtol=1e-4, atol=1e-5)
+    for p_ref, p_loc in zip(ref_grads[1:], grads[1:]):
+        total = p_loc.clone()
+        dist.all_reduce(total)
+        torch.testing.assert_close(total, p_ref, rtol=1e-4, atol=1e-5)
+    return forward_calls
+
+
+def _worker3(rank, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD3)
+    try:
+        torch.manual_seed(0)
+        causal = CausalBackbone(D, n_layer=2, backend="torch").train()
+        # chunks 4, 4, 4 per rank: every chunk corrected (2 layers x 3 chunks)
+        assert _check3(causal, 4, "correct", 1) == 6
+        # vim_v2 averages the directions (additive scale 0.5); chunks 5, 5, 2
+        bi = BidirectionalBackbone(D, n_layer=1, variant="vim_v2", combine="add", backend="torch").train()
+        assert _check3(bi, 5, "correct", 3) == 2 * 3
+        # dt ~ 30: a chunk of 4 steps decays the state by exp(-120), exactly 0 in fp32, so only each
+        # rank's first chunk gets a correction, on every rank alike; still exact
+        with torch.no_grad():
+            for layer in causal.layers:
+                layer.mixer.ssm.dt_proj.bias.fill_(30.0)
+        assert _check3(causal, 4, "correct", 4) == 2
+    finally:
+        dist.destroy_process_group()
+
+
+def test_context_parallel_three_ranks_one_scan_plus_correction():
+    mp.spawn(_worker3, args=(_free_port(),), nprocs=WORLD3, join=True)
 
 
 def _free_port():
@@ -145,5 +214,7 @@ def test_block_fsdp_strategy_wraps_residual_blocks():
     policy = s.kwargs["auto_wrap_policy"]
     assert isinstance(policy, ModuleWrapPolicy) and ResidualBlock in policy._module_classes
     assert "auto_wrap_policy" in s._activation_checkpointing_kwargs
+    from mambaverse.training import ContextParallelStrategy
+
     with pytest.raises(ConfigError):
         ContextParallelStrategy(cp_size=0)
