@@ -255,8 +255,10 @@ class WavDataModule(pl.LightningDataModule):
             if f"{split}_codes" in packed:
                 crop = self.train_crop if split == "train" else self.eval_crop
                 codes, labels = torch.from_numpy(packed[f"{split}_codes"]), torch.from_numpy(packed[f"{split}_labels"])
-                if self.max_files:
-                    codes, labels = codes[:self.max_files], labels[:self.max_files]
+                if self.max_files:  # a seeded subset, as for folders (packed clips are in path order)
+                    keep = torch.from_numpy(np.sort(np.random.default_rng(self.seed).permutation(len(codes))
+                                                    [:self.max_files]))
+                    codes, labels = codes[keep], labels[keep]
                 self.splits[split] = WaveformDataset(codes, labels, crop, random_crop=split == "train")
 
     def _loader(self, split, shuffle):

@@ -92,6 +92,13 @@ def test_datamodule_mixed_folder(tmp_path):
     assert sorted(dm.splits["train"].labels.tolist()) == list(range(8))
     val_codes, _ = next(iter(dm.val_dataloader()))
     assert val_codes.shape == (2, 8000)
+    packed = WavDataModule(str(dm.save_packed(tmp_path / "packed.npz")), clip_seconds=0.5, train_crop=1000)
+    packed.setup()  # the same codes and labels, read back without soundfile
+    for split in ("train", "val", "test"):
+        assert torch.equal(packed.splits[split].codes, dm.splits[split].codes)
+        assert torch.equal(packed.splits[split].labels, dm.splits[split].labels)
+    with pytest.raises(AudioDataError, match="packed at"):
+        WavDataModule(str(tmp_path / "packed.npz"), clip_seconds=1.0).setup()
 
 
 # ---- bad input --------------------------------------------------------------------------------------------------
