@@ -29,12 +29,14 @@ RESOLUTIONS = (224, 512, 1024, 1248, 2048, 3072)
 BATCH = {224: 256, 512: 64, 1024: 16, 1248: 8, 2048: 2, 3072: 1}
 
 
-def build(name: str, img_size: int, smoke: bool):
+def build(name: str, img_size: int, smoke: bool, backend: str = "auto"):
     import timm
 
     import mambaverse.vision  # noqa: F401  (registers mambaverse_* in timm)
 
     kwargs = {"num_classes": 1000}
+    if name.startswith("mambaverse_"):
+        kwargs["backend"] = backend  # our scan backend: auto (mamba-ssm if installed, else Triton on CUDA), triton, torch
     if name.startswith("mambaverse_vim") or name.startswith("deit") or name.startswith("mambaverse_vmamba"):
         kwargs["img_size"] = img_size
     if smoke:  # tiny widths so the CPU smoke run takes seconds
@@ -54,12 +56,12 @@ def _sync(device):
 
 
 def measure(name: str, img_size: int, batch: int, train: bool, device, dtype, min_time: float, smoke: bool,
-            compile_model: bool) -> dict:
+            compile_model: bool, backend: str = "auto") -> dict:
     """img/s and peak memory (MiB) of `name` at `img_size`, batch `batch`; forward only or a training step."""
     row = {"model": name, "res": img_size, "batch": batch, "mode": "train" if train else "infer"}
     try:
         torch.manual_seed(0)
-        model = build(name, img_size, smoke).to(device)
+        model = build(name, img_size, smoke, backend).to(device)
         model.train(train)
         if compile_model:
             model = torch.compile(model)
@@ -132,6 +134,7 @@ def main(argv=None) -> int:
     parser.add_argument("--min-time", type=float, default=1.5, help="seconds timed per cell")
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
     parser.add_argument("--compile", action="store_true", help="torch.compile every model (ours and timm's)")
+    parser.add_argument("--backend", default="auto", help="scan backend of our models (auto, triton, mamba_ssm, torch)")
     parser.add_argument("--out", default=None, help="output stem (default benchmarks/results/vision_speed_<device>)")
     args = parser.parse_args(argv)
 
@@ -147,7 +150,8 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     rows = []
-    common = dict(device=device, dtype=dtype, min_time=min_time, smoke=args.smoke, compile_model=args.compile)
+    common = dict(device=device, dtype=dtype, min_time=min_time, smoke=args.smoke, compile_model=args.compile,
+                  backend=args.backend)
     for r in resolutions:
         for name in ("mambaverse_vim_t", "deit_tiny_patch16_224"):
             rows.append(measure(name, r, batch(r), False, **common))
@@ -169,7 +173,7 @@ def main(argv=None) -> int:
     ours = [get("mambaverse_vim_t", r) for r in resolutions]
     deit = [get("deit_tiny_patch16_224", r) for r in resolutions]
     cross = crossover(resolutions, ours, deit)
-    meta = {"device": device_name, "dtype": args.dtype, "compile": args.compile, "smoke": args.smoke,
+    meta = {"device": device_name, "dtype": args.dtype, "compile": args.compile, "smoke": args.smoke, "backend": args.backend,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "versions": versions(), "wall_s": round(time.perf_counter() - t0, 1), "vim_deit_crossover_res": cross}
 
@@ -177,7 +181,7 @@ def main(argv=None) -> int:
         return "—" if v is None else format(v, spec)
 
     lines = [f"# Vision speed: Vim-Ti vs DeiT-Ti, VMamba-T vs Swin-T ({'smoke, tiny models' if args.smoke else 'paper sizes'})", "",
-             f"Device: {device_name}; {args.dtype} autocast; torch.compile: {args.compile}; {meta['date']}; "
+             f"Device: {device_name}; {args.dtype} autocast; torch.compile: {args.compile}; our scan backend: {args.backend}; {meta['date']}; "
              f"versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}. timm's models measured in the same run "
              f"(the anchor); ratio = ours / theirs. Random weights; each model built at the resolution it is timed at.", "",
              "## Inference", "", "| res | batch | Vim-Ti img/s | DeiT-Ti img/s | ratio | Vim-Ti peak MiB | DeiT-Ti peak MiB |",
