@@ -7,6 +7,7 @@ measured in the same run. Both: fp32 parameters under bf16 autocast, input (1, L
 
     python benchmarks/long_context.py                     # single GPU sweep -> results/long_context_<gpu>.md
     torchrun --nproc_per_node 2 benchmarks/long_context.py --cp   # context-parallel scaling (2 GPUs)
+    torchrun --nproc_per_node 2 benchmarks/long_context.py --cp --smoke --out /tmp/cp.md   # the same on CPU
 
 Each L starts at 2^17 and goes 2^20, 2^22, 2^23, 2^24, ... until out of memory (or --budget-s runs out).
 Before timing, a parity check at --parity-len: chunked == unchunked (outputs and gradients).
@@ -219,89 +220,213 @@ def single_gpu(args):
     os.replace(out + ".tmp", out)
 
 
-def context_parallel(args):
-    """Under torchrun: tokens/s of one sequence split over all ranks vs the same L on rank 0 alone."""
+def _cp_setup(args):
+    """(dist, rank, world, device, cuda?) under torchrun: NCCL on the GPUs, or gloo on CPU for --smoke."""
+    import datetime as _dt
+
     import torch.distributed as dist
 
+    cuda = not args.smoke
+    # a bounded timeout: a rank that dies (e.g. out of memory) makes the others fail instead of hang
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=_dt.timedelta(seconds=args.cp_timeout_s))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    return dist, rank, world, device, cuda
+
+
+def _cp_parity(model, dist, L, chunk, d_model, device, method):
+    """fp32, no autocast: context parallel on each rank's slice vs the whole sequence on every rank, as
+    (output rel. err, gradient rel. err), gradients summed over ranks."""
+    from mambaverse.context_parallel import context_parallel_forward, shard_sequence
+
+    g = torch.Generator(device="cpu").manual_seed(1)
+    h = torch.randn(1, L, d_model, generator=g).to(device)
+    w = torch.randn(1, L, d_model, generator=g).to(device)
+    params = list(model.parameters())
+    full = h.clone().requires_grad_(True)
+    ref = model(full)
+    ref_g = torch.autograd.grad((ref * w).sum(), [full] + params)
+    local = shard_sequence(h).clone().requires_grad_(True)
+    out = context_parallel_forward(model, local, None, chunk, method=method)
+    grads = list(torch.autograd.grad((out * shard_sequence(w)).sum(), [local] + params))
+    for p_loc in grads[1:]:
+        dist.all_reduce(p_loc)
+    rel = lambda a, b: ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()  # noqa: E731
+    errs = torch.tensor([rel(out, shard_sequence(ref).detach()),
+                         max([rel(grads[0], shard_sequence(ref_g[0]))] + [rel(a, b) for a, b in zip(grads[1:], ref_g[1:])])],
+                        device=device)
+    dist.all_reduce(errs, op=dist.ReduceOp.MAX)
+    return errs.tolist()
+
+
+def context_parallel(args):
+    """Under torchrun: one sequence split over all ranks (method "correct", and "rescan" up to --rescan-max)
+    vs the same L on rank 0 alone (up to --single-max), from --cp-min to the longest L that fits, all
+    within --budget-s. Markdown table to --out (rank 0)."""
     from mambaverse.context_parallel import context_parallel_forward
 
-    dist.init_process_group("nccl")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    torch.cuda.set_device(rank)
-    device = torch.device("cuda", rank)
-    torch.manual_seed(0)
-    chunk = max(args.chunks)
-    model = CausalBackbone(D_MODEL, N_LAYER, chunk_len=chunk, backend=args.backend).to(device).train()
+    dist, rank, world, device, cuda = _cp_setup(args)
     t0 = time.time()
+    d_model, n_layer = (16, 2) if args.smoke else (D_MODEL, N_LAYER)
+    chunk = args.cp_chunk or (64 if args.smoke else max(args.chunks))
+    dtype = torch.bfloat16 if cuda else torch.float32
+    backend = args.backend if cuda else "torch"
+    torch.manual_seed(0)
+    model = CausalBackbone(d_model, n_layer, chunk_len=chunk, backend=backend).to(device).train()
+    total_gib = torch.cuda.get_device_properties(device).total_memory / GiB if cuda else float("inf")
 
-    def cp_step(L):
-        s = L // world
-        h = torch.randn(1, s, D_MODEL, device=device, dtype=torch.bfloat16)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = context_parallel_forward(model, h, None, chunk)
-        out.sum().backward()
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
 
-    def timed(fn, L, iters):
-        ok = torch.tensor([1], device=device)
-        try:
-            fn(L)
+    def sync():
+        if cuda:
             torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            dist.barrier()
-            t = time.perf_counter()
-            for _ in range(iters):
-                fn(L)
-            torch.cuda.synchronize()
-            dt = (time.perf_counter() - t) / iters
-        except torch.OutOfMemoryError:
-            ok.zero_()
-            dt = float("nan")
+
+    def peak():
+        return torch.cuda.max_memory_allocated() / GiB if cuda else float("nan")
+
+    def reset():
         model.zero_grad(set_to_none=True)
-        torch.cuda.empty_cache()
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-        return (dt, torch.cuda.max_memory_allocated() / GiB) if ok.item() else None
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
 
-    rows = []
-    L = 1 << 20
+    def one_step(L, method):
+        h = torch.randn(1, L // world, d_model, device=device, dtype=dtype)
+        with autocast():
+            out = context_parallel_forward(model, h, None, chunk, method=method)
+        out.float().sum().backward()
+
+    def single_step(L):
+        h = torch.randn(1, L, d_model, device=device, dtype=dtype)
+        with autocast():
+            out = model(h)
+        out.float().sum().backward()
+
+    def timed(fn, warm):
+        """(seconds per step, peak GiB) of fn on this rank, or None if it ran out of memory."""
+        reset()
+        try:
+            if warm:
+                fn()
+                model.zero_grad(set_to_none=True)
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            return time.perf_counter() - start, peak()
+        except torch.OutOfMemoryError:
+            return None
+        finally:
+            reset()
+
+    def all_ranks(r):
+        """Slowest rank's time and largest peak (every rank must call it); None if any rank failed."""
+        t = torch.tensor([r[0], r[1]] if r else [float("inf"), float("inf")], device=device, dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return None if t[0].item() == float("inf") else (t[0].item(), t[1].item())
+
+    def agree(flag):
+        """Rank 0's decision, on every rank (or the collectives would pair up wrongly)."""
+        t = torch.tensor([int(flag)], device=device)
+        dist.broadcast(t, 0)
+        return bool(t.item())
+
+    par_len = args.parity_len if cuda else 1 << 8
+    par_chunk = max(8, par_len // world // 4)
+    parity = {m: _cp_parity(model, dist, par_len, par_chunk, d_model, device, m) for m in ("correct", "rescan")}
+    if rank == 0:
+        print(f"parity at L={par_len} (chunk {par_chunk}, fp32): {parity}", flush=True)
+    rows = []  # (L, single, rescan, correct), each (s, peak GiB) / None (out of memory) / "skip"
+    L, warm, last = args.cp_min, True, None
     while L <= args.cp_max:
-        go = torch.tensor([int(time.time() - t0 < args.budget_s)], device=device)
-        dist.broadcast(go, 0)  # every rank takes the same decision, or the collectives would hang
-        if not go.item():
+        # predicted: lengths double, so time and memory about double; rank 0 decides for everyone
+        spent = time.time() - t0
+        predicted_s = 2 * sum(r[0] for r in last[1:] if isinstance(r, tuple)) if last else 0.0
+        predicted_gib = 2 * last[3][1] if cuda and last and isinstance(last[3], tuple) else 0.0
+        go = spent + predicted_s < args.budget_s and predicted_gib < 0.92 * total_gib
+        if not agree(go):
+            if rank == 0:
+                print(f"stop before L=2^{L.bit_length() - 1}: {spent:.0f} s spent, predicted {predicted_s:.0f} s "
+                      f"and {predicted_gib:.1f} GiB per rank", flush=True)
             break
-        single = None
+        single = "skip"
         if L <= args.single_max:
             if rank == 0:
-                r = measure(model, L, device, 1)
-                single = (r[1], r[0]) if r else None
+                single = timed(lambda: single_step(L), warm or L < 1 << 22)
             dist.barrier()
-        r = timed(cp_step, L, 1)
+        rescan = all_ranks(timed(lambda: one_step(L, "rescan"), warm)) if L <= args.rescan_max else "skip"
+        correct = all_ranks(timed(lambda: one_step(L, "correct"), warm))
+        last = (L, single, rescan, correct)
+        rows.append(last)
         if rank == 0:
-            rows.append((L, single, r))
-            print(L, single, r, flush=True)
-        if r is None:
+            print(f"L=2^{L.bit_length() - 1}: 1 GPU {single}, CP rescan {rescan}, CP correct {correct} "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+        if correct is None:
             break
-        L *= 2
+        L, warm = 2 * L, False
     if rank == 0:
-        gpu = torch.cuda.get_device_name()
-        lines = [f"# Context parallel, {world} x {gpu}", "",
-                 f"Date: {datetime.date.today()}. " + ", ".join(f"{k} {v}" for k, v in versions(args.backend).items()) + ".", "",
-                 f"Same model and precision as the single-GPU table; chunk_len={chunk} inside each rank's slice; "
-                 f"one sequence of length L split over {world} ranks (NCCL); 1-GPU column: the same L on one rank.",
-                 "", "| L | 1 GPU s / step | 1 GPU tokens/s | 1 GPU peak GiB | CP s / step | CP tokens/s | CP peak GiB/rank | speed-up |",
-                 "|---|---|---|---|---|---|---|---|"]
-        for L, single, cp in rows:
-            s1 = f"{single[0]:.3f} | {L / single[0] / 1e6:.2f} M | {single[1]:.1f}" if single else "OOM/skipped | - | -"
-            s2 = f"{cp[0]:.3f} | {L / cp[0] / 1e6:.2f} M | {cp[1]:.1f}" if cp else "OOM | - | -"
-            sp = f"{single[0] / cp[0]:.2f}x" if single and cp else "-"
-            lines.append(f"| 2^{L.bit_length() - 1} | {s1} | {s2} | {sp} |")
-        text = "\n".join(lines) + "\n"
-        print(text)
-        out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                       f"long_context_cp_{world}gpu.md")
-        with open(out + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(out + ".tmp", out)
+        _write_cp(args, rows, parity, par_len, par_chunk, world, chunk, d_model, n_layer, device, cuda, t0)
+    dist.barrier()
     dist.destroy_process_group()
+
+
+def _rate(x):
+    return f"{x / 1e6:.2f} M" if x >= 1e5 else f"{x / 1e3:.1f} k"
+
+
+def _write_cp(args, rows, parity, par_len, par_chunk, world, chunk, d_model, n_layer, device, cuda, t0):
+    name = torch.cuda.get_device_name(device) if cuda else f"CPU (gloo, --smoke), {platform.processor() or 'cpu'}"
+    fmt = lambda r: "skipped" if r == "skip" else "OOM" if r is None else f"{r[0]:.3f}"  # noqa: E731
+    gib = lambda r: f"{r[1]:.1f}" if isinstance(r, tuple) and r[1] == r[1] else "-"  # noqa: E731
+    lines = [f"# Context parallel, {world} x {name}", "",
+             f"Date: {datetime.date.today()}. " + ", ".join(
+                 f"{k} {v}" for k, v in versions(args.backend if cuda else "torch").items()) + ".", "",
+             f"CausalBackbone(d_model={d_model}, n_layer={n_layer}), batch 1, forward+backward of out.sum(), "
+             + ("fp32 parameters under bf16 autocast" if cuda else "fp32") + f"; chunk_len={chunk} inside each "
+             f"rank's slice; one sequence of length L split over {world} ranks ({'NCCL' if cuda else 'gloo'}). "
+             "CP correct: one scan per layer and rank plus the state correction (the default); CP rescan: the "
+             "old method, scanning each slice twice. 1 GPU: the same L on rank 0 alone (chunk-major sweep), same "
+             "run. Times: one step after a warm-up at the first L (wall clock, synchronized; the slowest rank); "
+             "peak: torch.cuda.max_memory_allocated, the largest rank.", "",
+             f"Parity at L={par_len} (chunk {par_chunk}, fp32, vs the whole sequence on one process): "
+             + "; ".join(f"{m}: output rel. err {o:.1e}, gradient rel. err {g:.1e}" for m, (o, g) in parity.items()) + ".",
+             "", "| L | 1 GPU s / step | 1 GPU tokens/s | 1 GPU peak GiB | CP rescan s / step | CP s / step | "
+             "CP tokens/s | CP tokens/s per rank | CP peak GiB/rank | speed-up vs 1 GPU | vs rescan |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    single_peak = {}
+    for L, single, rescan, correct in rows:
+        if isinstance(single, tuple):
+            single_peak[L] = single[1]
+        tps = lambda r: _rate(L / r[0]) if isinstance(r, tuple) else "-"  # noqa: E731
+        per = _rate(L / world / correct[0]) if isinstance(correct, tuple) else "-"
+        up = f"{single[0] / correct[0]:.2f}x" if isinstance(single, tuple) and isinstance(correct, tuple) else "-"
+        vs = f"{rescan[0] / correct[0]:.2f}x" if isinstance(rescan, tuple) and isinstance(correct, tuple) else "-"
+        lines.append(f"| 2^{L.bit_length() - 1} | {fmt(single)} | {tps(single)} | {gib(single)} | {fmt(rescan)} | "
+                     f"{fmt(correct)} | {tps(correct)} | {per} | {gib(correct)} | {up} | {vs} |")
+    ok = [L for L, _, _, c in rows if isinstance(c, tuple)]
+    lines += ["", f"Longest L that trained with context parallel on {world} ranks: "
+              + (f"2^{max(ok).bit_length() - 1}" if ok else "none") + f" (tried up to 2^{args.cp_max.bit_length() - 1}"
+              f" within a {args.budget_s:.0f} s budget; {time.time() - t0:.0f} s used)."]
+    same = [(L, c[1], single_peak[L // world]) for L, _, _, c in rows
+            if isinstance(c, tuple) and L // world in single_peak and cuda]
+    if same:
+        lines.append("Peak per rank vs one GPU holding the same tokens: " + ", ".join(
+            f"2^{L.bit_length() - 1}: {p:.1f} vs {q:.1f} GiB ({p / q:.2f}x)" for L, p, q in same) + ".")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    gpu = name.split()[-1].lower() if cuda else "cpu_smoke"
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                   f"long_context_cp_{world}x{gpu}.md")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(out + ".tmp", out)
 
 
 def main(argv=None):
@@ -312,15 +437,34 @@ def main(argv=None):
     p.add_argument("--checkpoint-layers", action="store_true")
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--parity-len", type=int, default=1 << 14)
-    p.add_argument("--budget-s", type=float, default=240.0, help="stop starting new lengths after this")
-    p.add_argument("--single-max", type=int, default=1 << 23, help="CP mode: largest L also run on one GPU")
-    p.add_argument("--cp-max", type=int, default=1 << 25, help="CP mode: largest L tried (an OOM on one rank "
-                   "would leave the other waiting in a collective, so stay below it)")
+    p.add_argument("--budget-s", type=float, default=None, help="stop starting new lengths after this "
+                   "(default 240; CP mode 330, predicted from the last L, so that the run ends within 7 minutes)")
+    p.add_argument("--single-max", type=int, default=None, help="CP mode: largest L also run on one GPU "
+                   "(default 2^24; --smoke 2^10)")
+    p.add_argument("--cp-min", type=int, default=None, help="CP mode: first L (default 2^20; --smoke 2^8)")
+    p.add_argument("--cp-max", type=int, default=None, help="CP mode: largest L tried (default 2^28; --smoke "
+                   "2^10); the run also stops where the doubled peak of the last L would pass 92%% of the GPU")
+    p.add_argument("--rescan-max", type=int, default=None, help="CP mode: largest L also run with the old "
+                   "rescan method, for the same-run comparison (default 2^22; --smoke 2^10)")
+    p.add_argument("--cp-chunk", type=int, default=None, help="CP mode: chunk_len inside each rank's slice "
+                   "(default: the largest of --chunks; --smoke 64)")
+    p.add_argument("--cp-timeout-s", type=int, default=300, help="CP mode: collective timeout")
+    p.add_argument("--smoke", action="store_true", help="CP mode on CPU with gloo, tiny model and L (tests the "
+                   "script; torchrun --nproc_per_node 2 ... --cp --smoke)")
     p.add_argument("--backend", default="auto", help="selective_scan backend of ours (auto: Triton on CUDA)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("benchmarks/long_context.py needs a CUDA GPU")
+    small = args.smoke
+    defaults = dict(single_max=1 << (10 if small else 24), cp_min=1 << (8 if small else 20),
+                    cp_max=1 << (10 if small else 28), rescan_max=1 << (10 if small else 22),
+                    budget_s=330.0 if args.cp else 240.0)
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.smoke and not args.cp:
+        raise SystemExit("--smoke is for --cp (context parallel on CPU with gloo)")
+    if not torch.cuda.is_available() and not args.smoke:
+        raise SystemExit("benchmarks/long_context.py needs a CUDA GPU (or --cp --smoke on CPU)")
     (context_parallel if args.cp else single_gpu)(args)
 
 
