@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+from mambaverse.atomic import atomic_write_bytes as _atomic_write_bytes
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, matthews_corrcoef
 
 
@@ -23,17 +23,9 @@ def classification_metrics(y_true, y_pred, num_classes: int) -> dict:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` to ``path`` under a temporary name in its folder, then rename (mode per the umask;
+    :func:`mambaverse.atomic.atomic_write_bytes`)."""
+    return _atomic_write_bytes(path, data)
 
 
 def atomic_write_json(path, obj) -> Path:

@@ -1,6 +1,9 @@
 """EmbeddingWriter: a prediction-writer callback that saves per-window embeddings with coordinates.
 
-Files in ``output_dir`` (each written to a temporary name, then renamed):
+Files in ``output_dir``, written as one set (:func:`mambaverse.atomic.write_set`: into a temporary folder
+beside it, then swapped in by one atomic exchange), so that the three always come from the same run, even
+if the process is killed while writing; other files in ``output_dir`` are kept, and a ``probs.npy`` of an
+earlier classifier run goes when the model has no probabilities:
 
 * ``embeddings.npy``: float32 (N, D), one row per window, in prediction order;
 * ``coords.tsv``: the matching rows ``index, file, record, start, end, strand, label`` (0-based,
@@ -9,14 +12,20 @@ Files in ``output_dir`` (each written to a temporary name, then renamed):
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from .metrics import atomic_write_bytes
+from mambaverse.atomic import write_set
+
+
+def _npy_writer(array: np.ndarray):
+    def write(path: Path) -> None:
+        with open(path, "wb") as fh:
+            np.save(fh, array)
+    return write
 
 
 def _as_list(v):
@@ -45,13 +54,10 @@ class EmbeddingWriter(BasePredictionWriter):
                 rows.append(f"{i}\t{f}\t{r}\t{s}\t{e}\t{st}\t{lab}")
                 i += 1
         out = self.output_dir
-        buf = io.BytesIO()
-        np.save(buf, emb)
-        self.written["embeddings"] = atomic_write_bytes(out / "embeddings.npy", buf.getvalue())
-        self.written["coords"] = atomic_write_bytes(out / "coords.tsv", ("\n".join(rows) + "\n").encode())
+        files = {"embeddings.npy": _npy_writer(emb), "coords.tsv": lambda p: p.write_text("\n".join(rows) + "\n")}
         if "probs" in preds[0]:
-            buf = io.BytesIO()
-            np.save(buf, torch.cat([p["probs"] for p in preds]).numpy().astype(np.float32))
-            self.written["probs"] = atomic_write_bytes(out / "probs.npy", buf.getvalue())
+            files["probs.npy"] = _npy_writer(torch.cat([p["probs"] for p in preds]).numpy().astype(np.float32))
+        write_set(out, files, stale=("probs.npy",))
+        self.written = {name.split(".")[0]: out / name for name in files}
         print(f"mambaverse: wrote {len(emb)} window embeddings ({emb.shape[1]} dims) to {out / 'embeddings.npy'} "
               f"with coordinates in {out / 'coords.tsv'}")

@@ -78,9 +78,19 @@ def main(argv=None):
     import lightning.pytorch as pl
     from lightning.pytorch.cli import LightningCLI
 
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     from .errors import MambaverseError
+    from .training.fault_tolerance import SIGTERM_STATUS, install, sigterm_checkpoint
+
+    trainers = []  # the CLI object is lost when its run raises; the trainer is kept here
 
     class MambaverseCLI(LightningCLI):
+        def instantiate_trainer(self, **kwargs):
+            # exact resume (random state), a resumable last.ckpt on SIGTERM, atomic checkpoint files
+            trainers.append(install(super().instantiate_trainer(**kwargs)))
+            return trainers[-1]
+
         def init_parser(self, **kwargs):
             parser = super().init_parser(**kwargs)
             extra = USAGE_EXTRA
@@ -99,6 +109,12 @@ def main(argv=None):
             save_config_kwargs={"overwrite": True},
             args=given, auto_configure_optimizers=False,
         )
+    except SIGTERMException:  # Lightning stopped after the current step; exit non-zero, say where to resume
+        saved = sigterm_checkpoint(trainers[-1] if trainers else None)
+        where = (f"; resumable checkpoint {saved} (resume: add --ckpt_path {saved} to the same command)" if saved
+                 else "; nothing trained yet, no checkpoint written")
+        print(f"mambaverse: stopped by SIGTERM{where}", file=sys.stderr)
+        return SIGTERM_STATUS
     except MambaverseError as err:
         print(f"mambaverse: error: {err}", file=sys.stderr)
         return 2

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch.nn as nn
 import yaml
 from safetensors.torch import load_file, save_file
 
+from . import atomic as _atomic
 from .errors import ConfigError
 from .pretrained import lm as _lm  # noqa: F401  (registers the MambaLM builder that conversions build)
 from .registry import get_builder
@@ -32,6 +30,8 @@ def _plain(value):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):  # numpy scalars: json cannot write them
+        return value.item()
     return value
 
 
@@ -52,9 +52,11 @@ def _tied_aliases(model: nn.Module) -> dict:
 def save_pretrained(model: nn.Module, directory) -> Path:
     """Write ``config.json`` (builder name + arguments) and ``model.safetensors`` into ``directory``.
 
-    The pair is written as a set: into a temporary folder first, which becomes ``directory`` by one rename
-    (or, if ``directory`` already exists, whose two files replace the old ones, weights first). No temporary
-    file survives, and a ``config.yaml`` of an older save there is removed. Raises ConfigError for a model
+    The pair is written as a set (:func:`write_set`): into a temporary folder beside ``directory``, which
+    becomes ``directory`` by one rename, or, if ``directory`` exists, is swapped with it by one atomic exchange
+    (other files there are kept, a ``config.yaml`` of an older save is dropped). A kill at any point leaves the
+    old pair or the new one, never new weights with an old config; the config is serialised before anything is
+    written, so a value json cannot hold fails with the folder untouched. Files get the umask's mode. Raises ConfigError for a model
     that is not a ``@builder`` class (it could not be rebuilt). Returns ``directory`` as a Path.
     """
     config = getattr(model, "config", None)
@@ -75,31 +77,11 @@ def save_pretrained(model: nn.Module, directory) -> Path:
 
 
 def write_set(directory, writers: dict, stale=()) -> Path:
-    """Write files ``{name: writer(path)}`` into ``directory`` as a set: all into a temporary folder beside it,
-    then one rename; if ``directory`` exists, each file replaces its old version (in the given order) and the
-    ``stale`` names are removed. No temporary file survives an error."""
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise ConfigError(f"save_pretrained: {directory} is a file; expected a folder (new or existing)")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    exists = directory.is_dir()
-    tmp = Path(tempfile.mkdtemp(dir=directory if exists else directory.parent, prefix=f".{directory.name}.tmp-"))
-    try:
-        for name, write in writers.items():
-            write(tmp / name)
-        if not exists:
-            try:
-                os.rename(tmp, directory)
-                return directory
-            except OSError:  # created meanwhile: replace the files inside it instead
-                directory.mkdir(exist_ok=True)
-        for name in writers:
-            os.replace(tmp / name, directory / name)
-        for name in stale:
-            (directory / name).unlink(missing_ok=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+    """Write files ``{name: writer(path)}`` into ``directory`` as a set (:func:`mambaverse.atomic.write_set`):
+    a reader, or a process killed at any point, sees all old files or all new ones; the ``stale`` names go
+    with the old set; other files already in ``directory`` are kept; no temporary file survives (one left by
+    a killed writer is removed by the next save). Raises ConfigError if ``directory`` is a file."""
+    return _atomic.write_set(directory, writers, stale, error=lambda msg: ConfigError(f"save_pretrained: {msg}"))
 
 
 def _read_legacy(config_path: Path) -> dict:

@@ -2,8 +2,12 @@
 
 - :class:`ContextParallelStrategy`, :class:`BlockFSDPStrategy` (``mambaverse.training.strategies``)
 - :class:`SequenceLengthWarmup` (``mambaverse.training.callbacks``)
+- :class:`FaultTolerance`, :class:`AtomicCheckpointIO` (``mambaverse.training.fault_tolerance``): exact resume,
+  a resumable checkpoint on SIGTERM, atomic checkpoint files; ``mambaverse fit`` installs both
 """
 from .callbacks import SequenceLengthWarmup
+from .fault_tolerance import AtomicCheckpointIO, FaultTolerance
 from .strategies import BlockFSDPStrategy, ContextParallelStrategy
 
-__all__ = ["BlockFSDPStrategy", "ContextParallelStrategy", "SequenceLengthWarmup"]
+__all__ = ["AtomicCheckpointIO", "BlockFSDPStrategy", "ContextParallelStrategy", "FaultTolerance",
+           "SequenceLengthWarmup"]

@@ -1,0 +1,163 @@
+"""Exact resume: a run killed (SIGTERM, then SIGKILL) and resumed from last.ckpt ends with the same weights as an
+uninterrupted run. The fits are real `python -m mambaverse.cli fit` subprocesses on real FASTA (bowtie2's lambda
+phage, ragout's S. aureus COL), signalled from this process; tests/_kill_helpers.py holds a run at a chosen step
+so that the signal lands there."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mambaverse.genomics import FastaDataModule
+
+LAMBDA = Path("/usr/share/doc/bowtie2/examples/reference/lambda_virus.fa.gz")
+COL = Path("/usr/share/doc/ragout/examples/S.Aureus/references/COL.fasta.gz")
+if not (LAMBDA.exists() and COL.exists()):
+    pytest.skip("needs bowtie2-examples and ragout-examples (make data)", allow_module_level=True)
+
+ROOT = Path(__file__).resolve().parents[1]
+FILES = {"lambda": [str(LAMBDA)], "col": [str(COL)]}
+
+
+def _config(tmp: Path, out: Path, stop_step: int = 0, mark: Path | None = None) -> Path:
+    """Seed 1234, 3 epochs x 10 steps, a checkpoint every 5 steps (+ last.ckpt); dropout so that the random
+    state matters, RC augmentation so that the window stream does."""
+    cfg = {
+        "seed_everything": 1234,
+        "model": {"class_path": "mambaverse.genomics.DNAClassifier", "init_args": {
+            "num_classes": 2, "backbone": "caduceus_ps_dna_small",
+            "backbone_overrides": {"d_model": 16, "n_layer": 1, "d_state": 4, "expand": 1},
+            "dropout": 0.1, "lr": 5e-3, "warmup_steps": 3, "output_dir": str(out)}},
+        "data": {"class_path": "mambaverse.genomics.FastaDataModule", "init_args": {
+            "files": FILES, "window": 64, "batch_size": 4, "train_samples": 40, "val_windows": 4,
+            "test_windows": 4, "rc_prob": 0.5, "seed": 1234, "cache_dir": str(tmp / "cache")}},
+        "trainer": {
+            "accelerator": "cpu", "devices": 1, "max_epochs": 3, "logger": False, "num_sanity_val_steps": 0,
+            "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(out),
+            "callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "init_args": {"dirpath": str(out / "checkpoints"), "every_n_train_steps": 5, "save_top_k": -1,
+                               "save_last": True, "filename": "{step}"}},
+                {"class_path": "_kill_helpers.StopAfterStep",
+                 "init_args": {"step": stop_step, "mark": str(mark) if mark else None}}]},
+    }
+    path = out.with_suffix(f".{stop_step}.yaml")
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _fit(config: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-m", "mambaverse.cli", "fit", "--config", str(config), *extra],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _signal_at(proc: subprocess.Popen, mark: Path, sig: int) -> tuple[int, str]:
+    deadline = time.monotonic() + 300
+    while not mark.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out = proc.communicate()[0]
+            pytest.fail(f"the run never reached its stop step (status {proc.returncode}):\n{out[-3000:]}")
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    out = proc.communicate(timeout=300)[0]
+    return proc.returncode, out
+
+
+def _ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_killed_runs_resume_to_the_uninterrupted_weights(tmp_path):
+    full = _fit(_config(tmp_path, tmp_path / "full"))  # the reference, alongside the interrupted one
+    run = tmp_path / "run"
+    ckdir = run / "checkpoints"
+
+    # SIGTERM after step 12 (mid epoch 1): a resumable last.ckpt at step 12, non-zero exit
+    rc, out = _signal_at(_fit(_config(tmp_path, run, 12, tmp_path / "m12")), tmp_path / "m12", signal.SIGTERM)
+    assert rc == 143, out[-3000:]
+    assert "stopped by SIGTERM" in out and str(ckdir / "last.ckpt") in out
+    assert _ckpt(ckdir / "last.ckpt")["global_step"] == 12
+    assert sorted(p.name for p in ckdir.iterdir()) == ["last.ckpt", "step=10.ckpt", "step=5.ckpt"]  # no temporaries
+    assert oct((ckdir / "last.ckpt").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+    # resumed, then SIGKILLed after step 23 (mid epoch 2): last.ckpt is the step-20 checkpoint
+    rc, out = _signal_at(_fit(_config(tmp_path, run, 23, tmp_path / "m23"), "--ckpt_path", str(ckdir / "last.ckpt")),
+                         tmp_path / "m23", signal.SIGKILL)
+    assert rc == -signal.SIGKILL, out[-3000:]
+    assert _ckpt(ckdir / "last.ckpt")["global_step"] == 20
+
+    # resumed again, to the end; steps 21-23 are replayed
+    last = _fit(_config(tmp_path, run), "--ckpt_path", str(ckdir / "last.ckpt"))
+    out = last.communicate(timeout=600)[0]
+    assert last.returncode == 0, out[-3000:]
+    out = full.communicate(timeout=600)[0]
+    assert full.returncode == 0, out[-3000:]
+
+    a, b = _ckpt(tmp_path / "full" / "checkpoints" / "step=30.ckpt"), _ckpt(ckdir / "step=30.ckpt")
+    assert a["global_step"] == b["global_step"] == 30
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    differ = [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
+    assert not differ, f"weights differ after resume: {differ}"
+    sa, sb = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ------------------------------------------------------------------------------------------ the window stream
+def _dm(tmp_path, **kw):
+    dm = FastaDataModule(FILES, window=64, batch_size=4, train_samples=24, cache_dir=str(tmp_path / "cache"),
+                         seed=7, **kw)
+    dm.setup("fit")
+    return dm
+
+
+def _epoch(loader, epoch):
+    loader.sampler.set_epoch(epoch)
+    return [(tuple(b["record"]), b["start"].tolist(), b["strand"]) for b in loader]
+
+
+def test_windows_are_a_function_of_seed_epoch_and_index(tmp_path):
+    dm = _dm(tmp_path)
+    loader = dm.train_dataloader()
+    e0, e1 = _epoch(loader, 0), _epoch(loader, 1)
+    assert len(e0) == len(e1) == 6 and e0 != e1  # every epoch draws new windows
+    assert _epoch(loader, 1) == e1  # ... and the same ones again for the same epoch
+    other = _dm(tmp_path, num_workers=2).train_dataloader()  # another process layout, same stream
+    assert _epoch(other, 1) == e1
+    assert _epoch(_dm(tmp_path).train_dataloader(), 0) == e0
+    # a datamodule restored mid-epoch 1 (after 3 of 6 batches) yields the remaining batches of that epoch
+    resumed = _dm(tmp_path)
+    resumed.load_state_dict({"seed": 7, "epoch": 1, "consumed": 12, "train_window": None})
+    loader = resumed.train_dataloader()
+    assert len(loader) == 6  # the epoch's length (and so the LR schedule) is unchanged
+    assert _epoch(loader, 1) == e1[3:]
+    assert _epoch(loader, 2) == _epoch(dm.train_dataloader(), 2)  # the next epoch is whole again
+    # the seed of the checkpoint wins over the config's: the stream continues
+    reseeded = FastaDataModule(FILES, window=64, batch_size=4, train_samples=24, cache_dir=str(tmp_path / "cache"),
+                               seed=99)
+    reseeded.setup("fit")
+    reseeded.load_state_dict({"seed": 7})
+    assert _epoch(reseeded.train_dataloader(), 1) == e1
+
+
+def test_warmup_length_is_restored_with_the_datamodule(tmp_path):
+    dm = _dm(tmp_path)
+    dm.set_seq_len(32)
+    state = dm.state_dict()
+    again = _dm(tmp_path)
+    again.load_state_dict(state)
+    batch = next(iter(again.train_dataloader()))
+    assert batch["input_ids"].shape == (4, 32)
