@@ -15,7 +15,11 @@ domain package (and no Lightning unless fit/validate/test/predict runs).
 """
 from __future__ import annotations
 
+import logging
+import os
 import sys
+import warnings
+import zipfile
 
 from .registry import declared_entry_points
 
@@ -67,6 +71,161 @@ def _models(argv):
     return 0
 
 
+# Framework messages that are noise on every call (advertising tips, TPU lines, upstream deprecations).
+_NOISE_INFO = ("💡 Tip:", "TPU available:", "Loading `train_dataloader` to estimate")
+_NOISE_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)` is deprecated.*", r".*does not have many workers.*",
+                   r".*LightningCLI's args parameter is intended to run from within Python.*")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(_NOISE_INFO)
+
+
+def quiet_framework() -> None:
+    """Silence Lightning's tips and known-noise warnings (idempotent); real warnings still show."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
+    for pattern in _NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def check_ckpt_path(path) -> None:
+    """Raise a one-line MambaverseError unless ``path`` is a readable PyTorch checkpoint file with a state_dict.
+
+    Catches a missing path, a folder, an empty or truncated file and a file of another kind before Lightning
+    does (its errors are tracebacks). Read with ``weights_only=True`` and ``mmap``: nothing is unpickled beyond
+    tensors and containers, and the tensors are not read into memory.
+    """
+    import torch
+
+    from .errors import ConfigError
+
+    p = os.path.expanduser(str(path))
+    if not os.path.exists(p):
+        raise ConfigError(f"ckpt_path: {p} not found; expected a Lightning checkpoint (.ckpt) file")
+    if os.path.isdir(p):
+        raise ConfigError(f"ckpt_path: {p} is a folder; expected a Lightning .ckpt file (a save_pretrained folder is "
+                          f"for pretrained_ckpt / from_pretrained)")
+    size = os.path.getsize(p)
+    if size == 0:
+        raise ConfigError(f"ckpt_path: {p} is empty (0 bytes); expected a Lightning .ckpt file (was its writer killed?)")
+    with open(p, "rb") as fh:
+        head = fh.read(4)
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(p) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError):
+            raise ConfigError(f"ckpt_path: {p} is truncated or corrupt ({size} bytes, no readable zip directory); "
+                              f"expected a complete Lightning .ckpt file") from None
+        if not any(n.endswith("data.pkl") for n in names):
+            raise ConfigError(f"ckpt_path: {p} is a zip file but not a PyTorch checkpoint (no data.pkl)")
+    elif not head.startswith(b"\x80"):  # neither torch.save's zip nor its legacy pickle format
+        raise ConfigError(f"ckpt_path: {p} is not a PyTorch checkpoint (starts with {head!r}); expected a Lightning "
+                          f".ckpt file (safetensors weights are for from_pretrained)")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=head.startswith(b"PK"))
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(f"ckpt_path: cannot read {p} ({type(exc).__name__}: {first}); expected a Lightning .ckpt "
+                          f"file") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ConfigError(f"ckpt_path: {p} holds no 'state_dict'; expected a checkpoint written by Lightning "
+                          f"(ModelCheckpoint, trainer.save_checkpoint)")
+
+
+def check_model_matches(model, path) -> None:
+    """Raise a one-line ConfigError if the checkpoint's tensors do not fit ``model`` (another architecture)."""
+    import torch
+
+    from .errors import ConfigError
+
+    if not getattr(model, "strict_loading", True):
+        return
+    state = torch.load(os.path.expanduser(str(path)), map_location="cpu", weights_only=True, mmap=True)["state_dict"]
+    own = model.state_dict()
+    shapes = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+              if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    parts = ([f"shapes (checkpoint vs config): {', '.join(shapes[:8])}" + (" ..." if len(shapes) > 8 else "")]
+             if shapes else []) + \
+        ([f"missing: {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else "")] if missing else []) + \
+        ([f"unexpected: {', '.join(unexpected[:8])}" + (" ..." if len(unexpected) > 8 else "")] if unexpected else [])
+    if parts:
+        raise ConfigError(f"ckpt_path: {path} is a checkpoint of another model than the config builds "
+                          f"({'; '.join(parts)}); use the config it was trained with")
+
+
+# model arguments that may differ between a checkpoint and the config that tests or resumes it
+_RUN_ONLY_HPARAMS = {"pretrained_ckpt", "pretrained_allow_partial"}
+
+
+def _plain(value):
+    if isinstance(value, dict) or hasattr(value, "as_dict"):
+        value = value.as_dict() if hasattr(value, "as_dict") else value
+        return {k: _plain(v) for k, v in value.items() if k not in ("_instantiator", "_class_path")}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def check_config_matches(model_cfg, path) -> None:
+    """Raise a one-line ConfigError naming every model argument whose config value differs from the checkpoint's
+    saved hyperparameter (LightningCLI would otherwise quietly run the checkpoint's model, outputs included)."""
+    import torch
+
+    from .errors import ConfigError
+
+    if model_cfg is None:
+        return
+    ckpt = torch.load(os.path.expanduser(str(path)), map_location="cpu", weights_only=True,
+                      mmap=zipfile.is_zipfile(os.path.expanduser(str(path))))
+    saved = ckpt.get("hyper_parameters") or {}
+    if not saved:
+        return
+    cfg = _plain(model_cfg)
+    diffs = []
+    saved_class = saved.get("_class_path")
+    if saved_class and cfg.get("class_path") and saved_class != cfg["class_path"]:
+        diffs.append(f"class_path: {saved_class} in the checkpoint vs {cfg['class_path']} in the config")
+    args = cfg.get("init_args") or {}
+    for key, value in _plain(saved).items():
+        if key in _RUN_ONLY_HPARAMS or key not in args:
+            continue
+        if args[key] != value and not (args[key] in (None, {}, []) and value in (None, {}, [])):
+            diffs.append(f"{key}: {value!r} in the checkpoint vs {args[key]!r} in the config")
+    if diffs:
+        raise ConfigError(f"ckpt_path: {path} was trained with other model arguments than the config gives "
+                          f"({'; '.join(diffs)}); use the config the checkpoint was trained with")
+
+
+def _check_writable(path, key: str) -> None:
+    from .errors import ConfigError
+
+    p = os.path.abspath(os.path.expanduser(str(path)))
+    probe = p
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        why = "is not a folder" if not os.path.isdir(probe) else "is not writable"
+        raise ConfigError(f"{key}: {path} cannot be created or written ({probe} {why}); expected a writable folder")
+
+
+def _compact(message: str) -> str:
+    """A jsonargparse error (often many indented lines) as one line, dropping its type-union chatter."""
+    import re
+
+    drop = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value type:",
+            "Expected a <class 'NoneType'>")
+    keep = [ln.strip().lstrip("- ").strip() for ln in str(message).splitlines()]
+    keep = [re.sub(r"Expected a <class '([\w.]+)'>", r"expected \1", ln) for ln in keep if ln and not ln.startswith(drop)]
+    return " ".join(" ".join(keep).split())
+
+
 def main(argv=None):
     given = argv
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -75,7 +234,10 @@ def main(argv=None):
     commands = {k: v for k, v in plugin_commands().items() if k not in LIGHTNING_COMMANDS}
     if argv and argv[0] in commands:
         return _run_plugin(commands[argv[0]], argv[1:])
+    quiet_framework()
     import lightning.pytorch as pl
+    from jsonargparse import ArgumentError
+    from omegaconf.errors import OmegaConfBaseException
     from lightning.pytorch.cli import LightningCLI
 
     from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -97,13 +259,50 @@ def main(argv=None):
             if commands:
                 extra += f" Other commands (`mambaverse NAME --help`): {', '.join(sorted(commands))}."
             parser.description = (parser.description or "") + extra
+            others = ",".join(["models", *sorted(commands)])
+            parser.usage = f"mambaverse [-h] [-c CONFIG] {{fit,validate,test,predict,{others}}} ..."
             return parser
+
+        def _parse_ckpt_path(self):
+            # Lightning would read the checkpoint with a traceback on a bad file, then silently replace the
+            # config's model arguments with the checkpoint's: check the file, and refuse a model that differs.
+            sub = self.config.get("subcommand")
+            ckpt = self.config[sub].get("ckpt_path") if sub else None
+            if ckpt:
+                check_ckpt_path(ckpt)
+                check_config_matches(self.config[sub].get("model"), ckpt)
+            super()._parse_ckpt_path()
+
+        def _check_run(self, subcommand):
+            cfg = self.config.get(subcommand, {})
+            ckpt = cfg.get("ckpt_path")
+            root = getattr(self.trainer, "default_root_dir", None)
+            if root:
+                _check_writable(root, "trainer.default_root_dir")
+            if ckpt:
+                check_model_matches(self.model, ckpt)
+            elif subcommand in ("test", "validate"):
+                print(f"mambaverse {subcommand}: warning: no --ckpt_path; evaluating the weights the config builds "
+                      f"(untrained unless it loads pretrained ones)", file=sys.stderr)
+
+        def before_fit(self):
+            self._check_run("fit")
+
+        def before_validate(self):
+            self._check_run("validate")
+
+        def before_test(self):
+            self._check_run("test")
+
+        def before_predict(self):
+            self._check_run("predict")
 
     try:
         MambaverseCLI(
             pl.LightningModule, pl.LightningDataModule,
             subclass_mode_model=True, subclass_mode_data=True,
-            parser_kwargs={"parser_mode": "omegaconf", "description": "mambaverse: Mamba models for DNA, audio and images."},
+            parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False,
+                           "description": "mambaverse: Mamba models for DNA, audio and images."},
             trainer_defaults={"logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                                          "init_args": {"save_dir": "runs"}}},
             save_config_kwargs={"overwrite": True},
@@ -117,6 +316,16 @@ def main(argv=None):
         return SIGTERM_STATUS
     except MambaverseError as err:
         print(f"mambaverse: error: {err}", file=sys.stderr)
+        return 2
+    except OmegaConfBaseException as err:  # e.g. a ${...} interpolation naming a key that is not there
+        first = (str(getattr(err, "msg", None) or err).strip().splitlines() or [""])[0]
+        key = getattr(err, "full_key", None)
+        print(f"mambaverse: error: config{' key ' + repr(key) if key else ''}: {first}", file=sys.stderr)
+        return 2
+    except ArgumentError as err:  # a bad option or config value: the message, not 50 lines of usage first
+        sub = next((a for a in argv if a in LIGHTNING_COMMANDS), None)
+        print(f"mambaverse: error: {_compact(err)} (`mambaverse {sub or ''} --help`".replace("  ", " ")
+              + " lists the options)", file=sys.stderr)
         return 2
     except Exception as exc:  # jsonargparse wraps errors raised while instantiating the model or data
         cause = exc
