@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mambaverse.errors import ConfigError
+from mambaverse.errors import ConfigError, ShapeError
 from mambaverse.rc import PostHocConjoin
 from mambaverse.registry import create_model
 
@@ -125,6 +125,8 @@ class _DNABase(pl.LightningModule):
         """Raise ConfigError unless a sequence of ``length`` bases runs exactly (and RC-exactly) through this model:
         a multiple of the stem's patch_size (a stem would drop the tail), and even for a middle [CLS] token of an
         RC-equivariant model (an odd length has no RC-symmetric middle)."""
+        if length < 1:
+            raise ShapeError(f"{who}: length {length}; expected at least one base")
         ps = self.stem.patch_size if self.stem is not None else 1
         if length < ps or length % ps:
             raise ConfigError(f"{who}: {length} bases is not a positive multiple of patch_size={ps}; the stem would "
