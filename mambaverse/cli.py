@@ -311,7 +311,7 @@ def main(argv=None):
     except SIGTERMException:  # Lightning stopped after the current step; exit non-zero, say where to resume
         saved = sigterm_checkpoint(trainers[-1] if trainers else None)
         where = (f"; resumable checkpoint {saved} (resume: add --ckpt_path {saved} to the same command)" if saved
-                 else "; nothing trained yet, no checkpoint written")
+                 else "; no checkpoint written (only a fit that has trained a step writes one)")
         print(f"mambaverse: stopped by SIGTERM{where}", file=sys.stderr)
         return SIGTERM_STATUS
     except MambaverseError as err:

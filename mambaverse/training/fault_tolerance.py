@@ -105,7 +105,7 @@ class FaultTolerance(pl.Callback):
         if trainer.sanity_checking or trainer.global_step == 0 and trainer.current_epoch == 0:
             return  # nothing trained yet: nothing to resume from
         path = last_checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # a full checkpoint: optimizer, loops, callbacks
         self.saved_on_sigterm = path
 
 
