@@ -168,9 +168,9 @@ def _segment_chunk(block, reverse, h, conv, ssm):
     return y, own(state.conv), own(state.ssm), decay
 
 
-def _correction_chunk(block, reverse, h, h_in, conv):
-    """Step 4 on one chunk: what its contribution gains from the SSM state h_in entering it."""
-    return block.mixer.state_contribution(block.norm(h), h_in, reverse, conv)
+def _correction_chunk(block, reverse, h, h_in, conv, decay):
+    """Step 4 on one chunk: what its contribution gains from the SSM state decay * h_in entering it."""
+    return block.mixer.state_contribution(block.norm(h), h_in, reverse, conv, decay)
 
 
 def _corrected_direction(block, pieces, reverse, run, group):
@@ -193,9 +193,8 @@ def _corrected_direction(block, pieces, reverse, run, group):
                         else b.detach().any().to(torch.int32) for b in before])
     dist.all_reduce(live, op=dist.ReduceOp.MAX, group=group)
     for i, keep in zip(range(n), live.tolist()):
-        if keep:
-            state = h_in if before[i] is None else h_in * before[i]
-            ys[i] = ys[i] + run(_correction_chunk, block, reverse, pieces[i], state, convs[i])
+        if keep:  # the decay goes in apart from h_in, so that the op stops where it underflows
+            ys[i] = ys[i] + run(_correction_chunk, block, reverse, pieces[i], h_in, convs[i], before[i])
     return ys
 
 

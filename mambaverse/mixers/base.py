@@ -54,7 +54,7 @@ class SSMDirections(nn.Module):
         x, ssm = self._x(hidden, reverse)
         return ssm.transfer(x, initial_state, self.backend)
 
-    def state_contribution(self, hidden, h_in, reverse: bool = False, conv_state=None):
+    def state_contribution(self, hidden, h_in, reverse: bool = False, conv_state=None, decay_in=None):
         """What ``direction(hidden, reverse, MixerState(conv_state, s))`` gains when the SSM state entering is
         ``s + h_in`` instead of ``s``: (B, L, d_model), linear in h_in (B, d_inner, d_state); out_proj without
         its bias applied to the SSM's ``correction`` (``mambaverse.ops.state_correction``). Context parallel
@@ -63,7 +63,7 @@ class SSMDirections(nn.Module):
         check_hidden(hidden, self.d_model, type(self).__name__)
         proj, ssm = self._parts(reverse)
         x, z = proj(hidden).transpose(1, 2).chunk(2, dim=1)
-        corr = ssm.correction(x, z, h_in, conv_state, self.backend)
+        corr = ssm.correction(x, z, h_in, conv_state, self.backend, decay_in)
         return F.linear(corr.transpose(1, 2), self._out_weight(reverse))
 
     @property

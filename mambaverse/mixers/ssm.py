@@ -92,15 +92,16 @@ class SelectiveSSM(nn.Module):
         dt_sum = F.softplus(args["delta"].float() + args["delta_bias"][:, None]).sum(-1)  # (B, d_inner)
         return torch.exp(dt_sum[..., None] * args["A"])
 
-    def correction(self, x, z, h_in, conv_state=None, backend="auto"):
+    def correction(self, x, z, h_in, conv_state=None, backend="auto", decay_in=None):
         """What ``forward``'s output gains when the SSM state h_in (B, d_inner, N) enters instead of zeros:
         C_t (prod_{s<=t} dA_s) h_in times silu(z_t) (``mambaverse.ops.state_correction``). x, z (B, d_inner, L)
-        and conv_state as given to ``forward``; returns (B, d_inner, L). Linear in h_in."""
+        and conv_state as given to ``forward``; returns (B, d_inner, L). Linear in h_in. ``decay_in``
+        (B, d_inner, N): the state entering is decay_in * h_in (lets the op stop where it underflows)."""
         args, _ = self.scan_args(x, conv_state)
         # the correction has its own backends (triton, torch, naive); a scan-only name (mamba_ssm) means auto
         backend = backend if backend in ("triton", "torch", "naive") else "auto"
         return state_correction(args["delta"], args["A"], args["C"], h_in, z=z, delta_bias=args["delta_bias"],
-                                delta_softplus=True, reverse=self.reverse, backend=backend)
+                                delta_softplus=True, reverse=self.reverse, decay_in=decay_in, backend=backend)
 
     def transfer(self, x, initial_state=None, backend="auto"):
         """x (B, d_inner, L) -> (decay (B, d_inner, N) fp32, MixerState leaving); see ``mixers.state``."""

@@ -23,7 +23,7 @@ Every state-carrying mixer (``carries_state = True``) implements:
     ``decay * h_in + final_state.ssm`` evaluated at h_in = 0 (the recurrence is linear in h). Context
     parallel folds these pairs across ranks.
 ``direction(..., return_final_state=True, return_decay=True)``, ``corrects_state`` and
-``state_contribution(hidden, h_in, reverse=False, conv_state=None)`` (optional; Mamba-1 mixers)
+``state_contribution(hidden, h_in, reverse=False, conv_state=None, decay_in=None)`` (optional; Mamba-1)
     a direction's contribution also with the segment's total decay (as ``transfer``'s), and what the
     contribution gains when an SSM state ``h_in`` (B, d_inner, d_state) enters on top of the one it was
     computed from: (B, L, d_model), linear in h_in (``mambaverse.ops.state_correction`` then out_proj

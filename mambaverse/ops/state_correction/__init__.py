@@ -20,6 +20,8 @@ delta          (b, d, l)                          step size, before ``delta_bias
 A              (d, n), real                       state matrix (diagonal), normally negative
 C              (b, n, l) or (b, g, n, l)          output projection (g groups: d divisible by g)
 h_in           (b, d, n)                          state entering the segment
+decay_in       (b, d, n), optional, in [0, 1]     a decay accumulated before the segment: the
+                                                  state entering is decay_in * h_in
 z              (b, d, l), optional                gate
 delta_bias     (d,), optional                     added to delta
 returns        (b, d, l), dtype of ``delta``      the correction, computed in fp32 (float64 for
@@ -28,8 +30,13 @@ returns        (b, d, l), dtype of ``delta``      the correction, computed in fp
 
 Backends: ``naive`` (the definition, O(b d n l) memory), ``torch`` (blocks of time, each checkpointed),
 ``triton`` (fused forward and backward; CUDA, or any device under TRITON_INTERPRET=1). ``torch`` and
-``triton`` stop once the carried decay has underflowed to exactly zero everywhere, from where every
-output and gradient is exactly zero (dt >= 0 and A <= 0, as in Mamba).
+``triton`` stop once the carried decay (``decay_in`` times the decay since the segment's start) has
+underflowed to exactly zero everywhere, from where every output and gradient is exactly zero (dt >= 0 and
+A <= 0, as in Mamba); the one exception is the gradient of ``decay_in`` itself, whose terms from beyond
+that point are dropped: they are multiplied by a decay below the fp32 range, and where ``decay_in`` is
+itself an underflowed exp(A * sum dt) its gradient to the sum is zero anyway. Passing a decay as
+``decay_in`` rather than premultiplying it into ``h_in`` lets a correction whose state has decayed away
+stop at once (context parallel corrects chunk after chunk with the decay from the slice's edge).
 """
 from __future__ import annotations
 
@@ -53,10 +60,11 @@ register_backend(Backend(OP, "naive", state_correction_naive, _ALL, ALL_DTYPES, 
                          {"cuda": 2, "cpu": 1}, "the definition, O(b d n l) memory; the oracle"))
 
 
-def _check(delta, A, C, h_in, z, delta_bias):
+def _check(delta, A, C, h_in, z, delta_bias, decay_in):
     op = OP
-    for name, t in (("delta", delta), ("A", A), ("C", C), ("h_in", h_in), ("z", z), ("delta_bias", delta_bias)):
-        if t is None and name in ("z", "delta_bias"):
+    for name, t in (("delta", delta), ("A", A), ("C", C), ("h_in", h_in), ("z", z), ("delta_bias", delta_bias),
+                    ("decay_in", decay_in)):
+        if t is None and name in ("z", "delta_bias", "decay_in"):
             continue
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             raise ShapeError(f"{op}: {name} must be a real floating tensor, got {getattr(t, 'dtype', type(t).__name__)}")
@@ -75,21 +83,23 @@ def _check(delta, A, C, h_in, z, delta_bias):
     if not ok:
         raise ShapeError(f"{op}: C has shape {shape_str(C)}, expected (b={b}, n={n}, l={l}) or (b, g, n, l) with "
                          f"d={d} divisible by g")
-    for name, t, want in (("h_in", h_in, (b, d, n)), ("z", z, (b, d, l)), ("delta_bias", delta_bias, (d,))):
+    for name, t, want in (("h_in", h_in, (b, d, n)), ("z", z, (b, d, l)), ("delta_bias", delta_bias, (d,)),
+                          ("decay_in", decay_in, (b, d, n))):
         if t is not None and tuple(t.shape) != want:
             raise ShapeError(f"{op}: {name} has shape {shape_str(t)}, expected {want}")
-    devices = {t.device for t in (delta, A, C, h_in, z, delta_bias) if t is not None}
+    devices = {t.device for t in (delta, A, C, h_in, z, delta_bias, decay_in) if t is not None}
     if len(devices) > 1:
         raise ShapeError(f"{op}: inputs are on several devices {sorted(map(str, devices))}; expected one")
 
 
 def state_correction(delta, A, C, h_in, z=None, delta_bias=None, delta_softplus=False, reverse=False,
-                     backend="auto"):
+                     decay_in=None, backend="auto"):
     """The output a selective scan gains from a state ``h_in`` entering its segment; see the module docstring.
 
     ``selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state=h_in, reverse=r)``
     equals ``selective_scan(..., initial_state=None, ...) + state_correction(delta, A, C, h_in, z,
-    delta_bias, delta_softplus, r)`` (values and gradients, up to rounding).
+    delta_bias, delta_softplus, r)`` (values and gradients, up to rounding); ``decay_in=P`` stands for
+    ``initial_state=P * h_in``.
 
     ``backend``: auto (triton on CUDA, torch on CPU), triton, torch or naive.
 
@@ -97,15 +107,15 @@ def state_correction(delta, A, C, h_in, z=None, delta_bias=None, delta_softplus=
         ShapeError: an argument breaks the shape/dtype contract.
         BackendUnavailableError: the named backend is unknown, unavailable here, or lacks a capability.
     """
-    _check(delta, A, C, h_in, z, delta_bias)
+    _check(delta, A, C, h_in, z, delta_bias, decay_in)
     needs = set()
     if reverse:
         needs.add("reverse")
     if C.dim() == 4:
         needs.add("grouped")
-    dtype = compute_dtype(delta, A, C, h_in, z, delta_bias)
+    dtype = compute_dtype(delta, A, C, h_in, z, delta_bias, decay_in)
     row = select(OP, backend, delta.device, dtype if dtype == torch.float64 else delta.dtype, needs)
-    return row.fn(delta, A, C, h_in, z, delta_bias, delta_softplus, reverse)
+    return row.fn(delta, A, C, h_in, z, delta_bias, delta_softplus, reverse, decay_in)
 
 
 __all__ = ["state_correction", "state_correction_naive", "state_correction_torch", "state_correction_triton"]

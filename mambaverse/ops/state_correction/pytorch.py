@@ -1,6 +1,7 @@
 """The correction in blocks of time: memory O(b d n T) per block, each block checkpointed under autograd.
 
-Within a block the decay is the carried product P (the decay of everything before the block) times
+Within a block the decay is the carried product P (``decay_in`` times the decay of everything before the
+block) times
 exp(A * cumsum(dt)) of the block, so no long running sum of dt is ever exponentiated. Once P has
 underflowed to exactly zero in every entry (dt >= 0 and A <= 0 keep it there), every later output and
 every gradient through it is exactly zero, so the remaining blocks are skipped.
@@ -25,18 +26,18 @@ def _block(dt, A, Cb, h_in, P):
 
 
 def state_correction_torch(delta, A, C, h_in, z=None, delta_bias=None, delta_softplus=False, reverse=False,
-                           block=BLOCK):
+                           decay_in=None, block=BLOCK):
     """Same contract as ``mambaverse.ops.state_correction``."""
     b, d, l = delta.shape
-    real = compute_dtype(delta, A, C, h_in, z, delta_bias)
+    real = compute_dtype(delta, A, C, h_in, z, delta_bias, decay_in)
     dt = prepare_delta(delta, delta_bias, delta_softplus, real)
     Cx = per_channel(C, b, d, l)
     Af, hf = A.to(real), h_in.to(real)
     if reverse:  # walk from the end without copying: the blocks are taken right to left and flipped inside
         dt = dt.flip(-1)
         Cx = Cx.flip(-1)
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (delta, A, C, h_in, delta_bias))
-    P = torch.ones(b, d, A.shape[1], dtype=real, device=delta.device)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (delta, A, C, h_in, delta_bias, decay_in))
+    P = torch.ones(b, d, A.shape[1], dtype=real, device=delta.device) if decay_in is None else decay_in.to(real)
     ys = []
     for s in range(0, l, block):
         if s and not bool(P.any()):  # the decay has underflowed everywhere: the rest is exactly zero
