@@ -75,7 +75,7 @@ class DNATokenizer:
         comp = self.complement(ids)
         if isinstance(comp, torch.Tensor):
             return comp.flip(-1)
-        return np.ascontiguousarray(comp[..., ::-1])
+        return comp[..., ::-1].copy()  # a copy: ascontiguousarray keeps the negative stride of a length-1 view
 
     def n_fraction(self, ids: np.ndarray) -> float:
         """Fraction of positions that are N (ambiguous) or UNK."""
