@@ -161,10 +161,10 @@ def _check3(model, chunk_len, method, seed):
     return forward_calls
 
 
-def _worker3(rank, port):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker3(rank, rendezvous):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD3)
+    # a file rendezvous: no port that another process on the machine could take in the meantime
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD3)
     try:
         torch.manual_seed(0)
         causal = CausalBackbone(D, n_layer=2, backend="torch").train()
@@ -183,8 +183,8 @@ def _worker3(rank, port):
         dist.destroy_process_group()
 
 
-def test_context_parallel_three_ranks_one_scan_plus_correction():
-    mp.spawn(_worker3, args=(_free_port(),), nprocs=WORLD3, join=True)
+def test_context_parallel_three_ranks_one_scan_plus_correction(tmp_path):
+    mp.spawn(_worker3, args=(str(tmp_path / "rendezvous"),), nprocs=WORLD3, join=True)
 
 
 def _free_port():
