@@ -127,7 +127,7 @@ def check_ckpt_path(path) -> None:
         raise ConfigError(f"ckpt_path: {p} is not a PyTorch checkpoint (starts with {head!r}); expected a Lightning "
                           f".ckpt file (safetensors weights are for from_pretrained)")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=head.startswith(b"PK"))
+        ckpt = torch.load(p, weights_only=True, map_location="cpu", mmap=head.startswith(b"PK"))
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise ConfigError(f"ckpt_path: cannot read {p} ({type(exc).__name__}: {first}); expected a Lightning .ckpt "
@@ -145,7 +145,8 @@ def check_model_matches(model, path) -> None:
 
     if not getattr(model, "strict_loading", True):
         return
-    state = torch.load(os.path.expanduser(str(path)), map_location="cpu", weights_only=True, mmap=True)["state_dict"]
+    p = os.path.expanduser(str(path))
+    state = torch.load(p, weights_only=True, map_location="cpu", mmap=True)["state_dict"]
     own = model.state_dict()
     shapes = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
               if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
@@ -182,8 +183,8 @@ def check_config_matches(model_cfg, path) -> None:
 
     if model_cfg is None:
         return
-    ckpt = torch.load(os.path.expanduser(str(path)), map_location="cpu", weights_only=True,
-                      mmap=zipfile.is_zipfile(os.path.expanduser(str(path))))
+    p = os.path.expanduser(str(path))
+    ckpt = torch.load(p, weights_only=True, map_location="cpu", mmap=zipfile.is_zipfile(p))
     saved = ckpt.get("hyper_parameters") or {}
     if not saved:
         return
