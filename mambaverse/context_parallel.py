@@ -311,18 +311,19 @@ class ContextParallelBackbone(nn.Module):
         return context_parallel_forward(self.backbone, hidden, self.group, self.chunk_len)
 
 
-def enable_context_parallel(module: nn.Module, group=None) -> list[str]:
-    """Install :class:`ContextParallel` over ``group`` as the ``runner`` of every backbone inside ``module``,
-    in place (parameters, state-dict names and forward unchanged). Returns the names of those backbones.
+def enable_context_parallel(module: nn.Module, group=None, method: str = "correct") -> list[str]:
+    """Install :class:`ContextParallel` over ``group`` (with ``method``) as the ``runner`` of every backbone
+    inside ``module``, in place (parameters, state-dict names and forward unchanged). Returns the names of
+    those backbones.
 
     Raises ConfigError if ``module`` holds a backbone that cannot run context parallel (RCPSBackbone, or
-    mixers that do not carry state)."""
+    mixers that do not carry state), or for an unknown method."""
     switched = []
     for name, sub in module.named_modules():
         if getattr(sub, "supports_context_parallel", None) is False:
             check_context_parallel(sub, f"context parallel: {name or 'module'}")
         if isinstance(sub, MixerStack) and sub.runner is None:
-            sub.runner = ContextParallel(group)
+            sub.runner = ContextParallel(group, method=method)
             switched.append(name)
     return switched
 

@@ -220,3 +220,6 @@ def test_block_fsdp_strategy_wraps_residual_blocks():
 
     with pytest.raises(ConfigError):
         ContextParallelStrategy(cp_size=0)
+    with pytest.raises(ConfigError, match="method"):
+        ContextParallelStrategy(method="twice")
+    assert ContextParallelStrategy().method == "correct"

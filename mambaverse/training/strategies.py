@@ -12,7 +12,7 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, StrategyRegi
 
 from ..backbones import ResidualBlock
 from .callbacks import SequenceLengthWarmup
-from ..context_parallel import enable_context_parallel, shard_sequence
+from ..context_parallel import METHODS, enable_context_parallel, shard_sequence
 from ..errors import ConfigError
 
 __all__ = ["BlockFSDPStrategy", "ContextParallelStrategy"]
@@ -46,8 +46,10 @@ class ContextParallelStrategy(DDPStrategy):
         overlap: extra positions each rank also receives from the next slice (length = world * s + overlap).
         sync_batch: broadcast the group root's copy of the shard keys first (the sampler already hands every
             rank of a group the same batch; this guards against nondeterministic data pipelines).
+        method: "correct" (one scan per slice plus the state correction; default) or "rescan" (each slice
+            scanned twice); see ``mambaverse.context_parallel.ContextParallel``.
         ddp_kwargs: Lightning DDPStrategy arguments (e.g. process_group_backend).
-    Raises ConfigError for a bad cp_size or overlap, or (at setup) when cp_size does not divide the world
+    Raises ConfigError for a bad cp_size, overlap or method, or (at setup) when cp_size does not divide the world
     or the model holds a backbone that cannot run context parallel; ShapeError when a length does not split.
 
     Gradients: DDP averages over all ranks, so a loss that is the mean over a rank's own positions gives
@@ -58,8 +60,11 @@ class ContextParallelStrategy(DDPStrategy):
     strategy_name = "context_parallel"
 
     def __init__(self, cp_size: int | None = None, shard_keys: tuple[str, ...] | list[str] = ("input_ids",),
-                 overlap: int = 0, sync_batch: bool = True, **ddp_kwargs):
+                 overlap: int = 0, sync_batch: bool = True, method: str = "correct", **ddp_kwargs):
         super().__init__(**ddp_kwargs)
+        if method not in METHODS:
+            raise ConfigError(f"ContextParallelStrategy: method={method!r}; expected one of {METHODS}")
+        self.method = method
         if cp_size is not None and (isinstance(cp_size, bool) or not isinstance(cp_size, int) or cp_size < 1):
             raise ConfigError(f"ContextParallelStrategy: cp_size={cp_size!r}; expected a positive int")
         if not isinstance(overlap, int) or overlap < 0:
@@ -85,7 +90,7 @@ class ContextParallelStrategy(DDPStrategy):
         return {"num_replicas": (self.num_nodes * self.num_processes) // cp, "rank": self.global_rank // cp}
 
     def setup(self, trainer) -> None:
-        enable_context_parallel(self.lightning_module, self.cp_group)
+        enable_context_parallel(self.lightning_module, self.cp_group, method=self.method)
         super().setup(trainer)
 
     def _sync(self, t):
