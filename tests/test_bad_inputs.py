@@ -230,7 +230,14 @@ def ckpt_load_other_model(t):
     _clf().on_load_checkpoint(ckpt)
 
 
+def from_pretrained_other_d_state(t):
+    from mambaverse import create_model, from_pretrained, save_pretrained
+    save_pretrained(create_model("caduceus_ps_dna_small", **{**SMALL, "d_state": 8}), t / "folder")
+    from_pretrained(t / "folder", d_state=4)
+
+
 CKPT_CASES = [
+    ("from_pretrained_other_d_state", from_pretrained_other_d_state, "A_log (8, 8) in the file vs (8, 4)"),
     ("pretrained_missing", lambda t: _clf(pretrained_ckpt=str(t / "gone.ckpt")), "gone.ckpt"),
     ("pretrained_other_d_state", pretrained_other_d_state, "A_log"),
     ("pretrained_other_dt_rank", pretrained_other_dt_rank, "x_proj"),
