@@ -223,3 +223,25 @@ def test_block_fsdp_strategy_wraps_residual_blocks():
     with pytest.raises(ConfigError, match="method"):
         ContextParallelStrategy(method="twice")
     assert ContextParallelStrategy().method == "correct"
+
+
+def test_long_context_cp_benchmark_smoke(tmp_path):
+    """`benchmarks/long_context.py --cp --smoke` under torchrun on CPU (gloo): the GPU job's code path end to
+    end at tiny L; its parity check (both methods vs one process, fp32) must be exact to rounding."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "cp.md"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(repo / "benchmarks" / "long_context.py"),
+           "--cp", "--smoke", "--cp-max", "512", "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    text = out.read_text()
+    assert "| 2^8 |" in text and "| 2^9 |" in text and "Longest L that trained with context parallel on 2 ranks: 2^9" in text
+    errs = [float(x) for x in re.findall(r"rel\. err ([0-9.]+e[+-][0-9]+)", text)]
+    assert len(errs) == 4 and max(errs) < 1e-4, text
