@@ -42,7 +42,7 @@ def _describe(keys: list[str], limit: int = 12) -> str:
 def load_pretrained_weights(module: nn.Module, path: str, allow_partial: bool = False) -> list[str]:
     """Copy backbone/embedding/stem (and classifier head) weights with matching names and shapes; return the names
     loaded. A head of another size (or an LM checkpoint, which has none) leaves the head as initialised, and so
-    does a stem that the checkpoint has none of (a stem added for fine-tuning).
+    does a stem or embedding that the checkpoint has none of (a stem added for fine-tuning; a backbone folder).
 
     Every other backbone/embedding/stem tensor must be in the checkpoint with the same shape: a checkpoint of a
     model with another ``d_state``, ``dt_rank``, ``d_model`` or depth raises GenomicsDataError naming each
@@ -71,8 +71,9 @@ def load_pretrained_weights(module: nn.Module, path: str, allow_partial: bool = 
             raise GenomicsDataError(f"pretrained_ckpt: {p} holds no state_dict; expected a Lightning .ckpt")
     own = module.state_dict()
     take = {k: v for k, v in state.items() if k.startswith(_TRANSFERABLE) and k in own and own[k].shape == v.shape}
-    has_stem = any(k.startswith("stem.") for k in state)
-    required = ("backbone.", "embed.") + (("stem.",) if has_stem else ())  # the head is always the task's own
+    # the backbone must match in full; the embedding and stem only if the checkpoint has them (a save_pretrained
+    # folder holds a backbone alone; an LM checkpoint has no stem); the head is always the task's own
+    required = ("backbone.",) + tuple(pre for pre in ("embed.", "stem.") if any(k.startswith(pre) for k in state))
     shapes = [f"{k} {tuple(state[k].shape)} in the checkpoint vs {tuple(own[k].shape)} here"
               for k in sorted(own) if k.startswith(required) and k in state and state[k].shape != own[k].shape]
     missing = sorted(k for k in own if k.startswith(required) and k not in state)
