@@ -264,6 +264,24 @@ def _cp_parity(model, dist, L, chunk, d_model, device, method):
     return errs.tolist()
 
 
+def _precompile_correction(model, device):
+    """Compile the bf16 correction kernels (with and without decay_in, forward and backward) before timing:
+    whether a run needs the decay_in variant depends on how far the decay reaches, which may first happen
+    at a long L inside a timed step."""
+    from mambaverse.ops import state_correction
+
+    ssm = model.layers[0].mixer.ssm
+    d, n, l = ssm.d_inner, ssm.d_state, 1024
+    bf = dict(device=device, dtype=torch.bfloat16)
+    for decay_in in (None, torch.rand(1, d, n, device=device, requires_grad=True)):
+        delta = torch.randn(1, d, l, **bf, requires_grad=True)
+        y = state_correction(delta, -torch.rand(d, n, device=device), torch.randn(1, n, l, **bf),
+                             torch.randn(1, d, n, device=device), z=torch.randn(1, d, l, **bf),
+                             delta_bias=torch.rand(d, device=device), delta_softplus=True, decay_in=decay_in)
+        y.float().sum().backward()
+    torch.cuda.synchronize()
+
+
 def context_parallel(args):
     """Under torchrun: one sequence split over all ranks (method "correct", and "rescan" up to --rescan-max)
     vs the same L on rank 0 alone (up to --single-max), from --cp-min to the longest L that fits, all
@@ -337,6 +355,8 @@ def context_parallel(args):
         dist.broadcast(t, 0)
         return bool(t.item())
 
+    if cuda:
+        _precompile_correction(model, device)
     par_len = args.parity_len if cuda else 1 << 8
     par_chunk = max(8, par_len // world // 4)
     parity = {m: _cp_parity(model, dist, par_len, par_chunk, d_model, device, m) for m in ("correct", "rescan")}
