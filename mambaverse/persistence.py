@@ -118,7 +118,7 @@ def _build_ours(config: dict, config_path: Path, weights_path: Path, overrides: 
         shapes = [f"{k} {tuple(v.shape)} in the file vs {tuple(own[k].shape)} in the model" for k, v in weights.items()
                   if k in own and tuple(v.shape) != tuple(own[k].shape)]
         if shapes:  # name every mismatched tensor with both shapes (load_state_dict's error names none on line 1)
-            raise ConfigError(f"from_pretrained: {weights_path} does not fit {cls.__name__} built from {config_path.name}"
+            raise ConfigError(f"from_pretrained: {weights_path} cannot be loaded into {cls.__name__} built from {config_path.name}"
                               f" and the overrides: {len(shapes)} shape mismatch(es): {', '.join(shapes[:12])}"
                               + (f" and {len(shapes) - 12} more" if len(shapes) > 12 else ""))
         missing, unexpected = model.load_state_dict(weights, strict=False)
