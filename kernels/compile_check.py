@@ -48,6 +48,7 @@ def main() -> int:
         print("compile_check: unset TRITON_INTERPRET (the interpreter replaces the compiler)")
         return 2
     from mambaverse.kernels import _conv as KC
+    from mambaverse.kernels import _correction as KR
     from mambaverse.kernels import _scan as KS
 
     bf = {"u_ptr", "dt_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "dout_ptr", "du_ptr", "ddt_ptr", "dz_ptr",
@@ -75,6 +76,11 @@ def main() -> int:
     cases.append(("conv_fwd", KC._conv_fwd_kernel, conv, 4))
     cases.append(("conv_bwd_dpre", KC._conv_bwd_dpre_kernel, conv, 4))
     cases.append(("conv_bwd_dx", KC._conv_bwd_dx_kernel, dict(K=4, REV=True, BLOCK_D=KC._BLOCK_D, BLOCK_L=KC._BLOCK_L), 4))
+    (rdf, rlf, rwf), (rdb, rlb, rwb) = KR._CONFIG["fwd"], KR._CONFIG["bwd"]
+    corr = dict(HAS_Z=True, HAS_DB=True, SOFTPLUS=True, HAS_P0=True, BLOCK_N=16)
+    for rev in (False, True):
+        cases.append((f"correction_fwd rev={rev}", KR._corr_fwd_kernel, dict(corr, REV=rev, BLOCK_D=rdf, BLOCK_L=rlf), rwf))
+        cases.append((f"correction_bwd rev={rev}", KR._corr_bwd_kernel, dict(corr, REV=rev, BLOCK_D=rdb, BLOCK_L=rlb), rwb))
     failed = 0
     for name, fn, consts, warps in cases:
         try:

@@ -1,7 +1,7 @@
 """What each backend of each op can really do, and the one dispatcher that reads it.
 
 Every op (``selective_scan``, ``bidirectional_scan``, ``cross_selective_scan``, ``causal_conv1d``,
-``ssd_scan``) has rows in ``TABLE``: one :class:`Backend` per implementation, declaring
+``ssd_scan``, ``state_correction``) has rows in ``TABLE``: one :class:`Backend` per implementation, declaring
 
 - ``features``: the options it serves exactly (see ``FEATURES``), e.g. ``final_state_grad`` -- a final state
   through which gradient flows back. mamba-ssm's ``selective_scan_fn`` returns its last state as a constant
