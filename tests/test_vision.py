@@ -295,6 +295,12 @@ def test_paper_sized_presets():
     assert 7 < counts["vim_t"] < 8.5 and 25 < counts["vim_s"] < 29  # paper: 7M, 26M
     assert 24 < counts["vmamba_t"] < 31 and 40 < counts["vmamba_s"] < 51  # paper: 30M, 50M
     assert mv.get_builder("VimBackbone") is mv.VimBackbone
+    # every preset builds through timm as a feature pyramid (meta device: no memory, no compute)
+    with torch.device("meta"):
+        for name in timm.list_models("mambaverse_*"):
+            pyramid = timm.create_model(name, features_only=True)
+            reductions = pyramid.feature_info.reduction()
+            assert len(reductions) in (2, 4) and reductions == sorted(reductions), name
 
 
 # -- through the CLI ----------------------------------------------------------------------------------
