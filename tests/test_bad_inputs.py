@@ -386,7 +386,7 @@ def test_lm_loss_without_targets_is_zero_and_a_skipped_step():
     for model in (_lm(objective="masked"), _lm(backbone="mamba_dna_paper", objective="causal")):
         ids = torch.full((2, 32), N_ID)  # an all-N window: nothing to predict
         loss, n = model.lm_loss(ids)
-        assert n == 0 and torch.isfinite(loss) and float(loss) == 0.0
+        assert n == 0 and torch.isfinite(loss) and loss.item() == 0.0
         loss.backward()
         assert all(p.grad is None or not p.grad.abs().any() for p in model.parameters())
         assert model.training_step({"input_ids": ids}, 0) is None
