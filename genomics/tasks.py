@@ -35,6 +35,16 @@ from .tokenizer import MASK_ID, NUCLEOTIDE_IDS, DNATokenizer
 _TRANSFERABLE = ("backbone.", "embed.", "stem.", "head.")
 
 
+def _check_writable(path, key: str) -> None:
+    """ConfigError unless ``path`` is a folder that exists or can be created, and is writable."""
+    probe = Path(path).expanduser().absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        why = "is not a folder" if not probe.is_dir() else "is not writable"
+        raise ConfigError(f"{key}: {path} cannot be created or written ({probe} {why}); expected a writable folder")
+
+
 def _describe(keys: list[str], limit: int = 12) -> str:
     return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
@@ -232,6 +242,8 @@ class DNAClassifier(_DNABase):
         if isinstance(patch_size, bool) or not isinstance(patch_size, int):
             raise ConfigError(f"model.patch_size: got {patch_size!r}, expected an integer >= 1")
         self._check_hparams(lr, weight_decay, warmup_steps, dropout)
+        if output_dir:
+            _check_writable(output_dir, "model.output_dir")
         self.save_hyperparameters()
         self._build_trunk(backbone, backbone_overrides, patch_size, stem)
         if pooling == "cls" and self.stem is not None:

@@ -147,6 +147,7 @@ DATA_CASES = [
 
 # ------------------------------------------------------------------------------------ model config
 MODEL_CASES = [
+    ("model_output_dir_under_file", lambda t: _clf(output_dir=str(_w(t / "f", "x") / "out")), "output_dir"),
     ("model_lr_zero", lambda t: _clf(lr=0.0), "lr"),
     ("model_lr_nan", lambda t: _clf(lr=float("nan")), "lr"),
     ("model_lr_negative_lm", lambda t: _lm(lr=-1e-3), "lr"),
