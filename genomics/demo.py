@@ -8,7 +8,8 @@ Training is budgeted in steps (the config's ``max_steps`` / ``max_epochs``), so 
 longer but trains the same model. ``--max-minutes`` adds a wall-clock cap; if it cuts training short, the
 summary says so, with the steps done, the best validation accuracy and its checkpoint. Every run starts by
 removing the checkpoints and metrics of an earlier run in the same folder, and the checkpoint printed is the
-one this run's ModelCheckpoint recorded as best, so it never points at an older model.
+one this run's ModelCheckpoint recorded as best, so it never points at an older model. A run stopped by
+SIGTERM (or killed) continues with ``--resume``, from its ``checkpoints/last.ckpt``.
 
 The run's resolved config is written next to its outputs, so the same run can be repeated with
 ``mambaverse fit --config <output>/config.yaml``.
@@ -115,6 +116,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=None, help="classification YAML (default: the packaged configs/demo.yaml)")
     ap.add_argument("--output", default="runs/genomics_demo", help="folder for checkpoints, plots and metrics")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the run in --output from its checkpoints/last.ckpt (after a kill or SIGTERM)")
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="wall-clock cap on training (default: none; the config's step budget decides)")
     args = ap.parse_args(argv)
@@ -130,10 +133,14 @@ def main(argv=None) -> int:
     cfg = _retarget(yaml.safe_load(src.read_text()), out, args.max_minutes)
     run_cfg = out / "config.yaml"
     atomic_write_bytes(run_cfg, yaml.safe_dump(cfg, sort_keys=False).encode())
+    resume = out / "checkpoints" / "last.ckpt"
+    if args.resume and not resume.exists():
+        print(f"demo: error: --resume: {resume} not found; run the demo without --resume first", file=sys.stderr)
+        return 2
     # an earlier run's files must not pass for this run's (ModelCheckpoint would also name a new best
-    # "best-v1.ckpt" beside an old best.ckpt)
-    for stale in [*(out / "checkpoints").glob("*.ckpt"), out / "test_metrics.json", out / "confusion_matrix.png",
-                  out / "learning_curve.png"]:
+    # "best-v1.ckpt" beside an old best.ckpt); a resumed run keeps its own checkpoints
+    old_ckpts = [] if args.resume else list((out / "checkpoints").glob("*.ckpt"))
+    for stale in [*old_ckpts, out / "test_metrics.json", out / "confusion_matrix.png", out / "learning_curve.png"]:
         stale.unlink(missing_ok=True)
 
     t0 = time.time()
@@ -141,8 +148,11 @@ def main(argv=None) -> int:
     cap = f", at most {args.max_minutes:g} min" if args.max_minutes else ""
     print(f"demo: training {cfg['model']['init_args'].get('backbone')} on {len(cfg['data']['init_args']['files'])} labels "
           f"(window {cfg['data']['init_args'].get('window')}) for {steps} steps{cap}; config {run_cfg}", flush=True)
-    rc = cli(["fit", "--config", str(run_cfg)])
+    rc = cli(["fit", "--config", str(run_cfg), *(["--ckpt_path", str(resume)] if args.resume else [])])
     if rc:
+        if rc == 143:
+            print(f"demo: stopped by SIGTERM; continue with: python -m mambaverse.genomics.demo --resume "
+                  f"--output {out}", file=sys.stderr)
         return rc
     done, best_score, ckpt = fit_outcome(out / "checkpoints")
     if ckpt is None:

@@ -68,3 +68,14 @@ def writer_loop(root: str) -> None:
         if i == 1:
             (out / "ready").write_text("ready")
         i += 1
+
+
+class StopTraining(pl.Callback):
+    """Ask the trainer to stop after step ``step``, as Lightning's ``max_time`` Timer does when time is up."""
+
+    def __init__(self, step: int = 0):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.step and trainer.global_step >= self.step:
+            trainer.should_stop = True

@@ -161,3 +161,94 @@ def test_warmup_length_is_restored_with_the_datamodule(tmp_path):
     again.load_state_dict(state)
     batch = next(iter(again.train_dataloader()))
     assert batch["input_ids"].shape == (4, 32)
+
+
+# ------------------------------------------------------------------------------------------ audio
+def test_audio_fit_stopped_by_sigterm_resumes_from_last_ckpt(tmp_path):
+    """The waveform LM (audio/) on real WAVs written here: SIGTERM after step 6 writes a resumable last.ckpt and
+    exits 143; the resumed run reaches its step budget. (Not bit-identical yet: WavDataModule shuffles from the
+    global random state; see README "Fault tolerance".)"""
+    sf = pytest.importorskip("soundfile")
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "wavs"
+    for split, n in (("train", 24), ("valid", 4), ("test", 4)):
+        (root / split).mkdir(parents=True)
+        for k in range(n):
+            digit = k % 10
+            t = np.arange(2000) / 8000
+            x = 0.4 * np.sin(2 * np.pi * (200 + 60 * digit) * t) + 0.05 * rng.standard_normal(t.size)
+            sf.write(root / split / f"{digit}_{k}.wav", x.astype(np.float32), 8000, subtype="PCM_16")
+    out = tmp_path / "audio_run"
+
+    def config(stop_step, mark):
+        cfg = {
+            "seed_everything": 1234,
+            "model": {"class_path": "mambaverse.audio.tasks.WaveformLM",
+                      "init_args": {"model": "sashimi_mamba_tiny", "conditional": True, "lr": 4e-3, "warmup_steps": 2,
+                                    "sample_rate": 8000}},
+            "data": {"class_path": "mambaverse.audio.data.WavDataModule",
+                     "init_args": {"root": str(root), "sample_rate": 8000, "clip_seconds": 0.25, "train_crop": 512,
+                                   "eval_crop": 512, "batch_size": 4}},
+            "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 12, "logger": False,
+                        "num_sanity_val_steps": 0, "limit_val_batches": 1, "val_check_interval": 6,
+                        "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(out),
+                        "callbacks": [
+                            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                             "init_args": {"dirpath": str(out / "checkpoints"), "every_n_train_steps": 4,
+                                           "save_last": True}},
+                            {"class_path": "_kill_helpers.StopAfterStep",
+                             "init_args": {"step": stop_step, "mark": str(mark) if mark else None}}]},
+        }
+        path = tmp_path / f"audio_{stop_step}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    last = out / "checkpoints" / "last.ckpt"
+    rc, log = _signal_at(_fit(config(6, tmp_path / "a6")), tmp_path / "a6", signal.SIGTERM)
+    assert rc == 143 and "stopped by SIGTERM" in log, log[-3000:]
+    assert _ckpt(last)["global_step"] == 6
+    resumed = _fit(config(0, None), "--ckpt_path", str(last))
+    log = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, log[-3000:]
+    assert _ckpt(last)["global_step"] == 12
+
+
+# ------------------------------------------------------------------------------------------ the demo
+def test_demo_reports_an_early_stop_and_never_prints_an_older_checkpoint(tmp_path, capsys):
+    """genomics/demo.py end to end on a tiny config: a full run, then a re-run into the same folder that is cut
+    short at step 5 (the way max_time stops a run): the summary says so, and the checkpoint it prints and tests
+    is the re-run's, not the first run's better one."""
+    from mambaverse.genomics.demo import main as demo
+
+    def config(stop):
+        cfg = yaml.safe_load(_config(tmp_path, tmp_path / "unused").read_text())
+        cfg["trainer"]["max_epochs"], cfg["trainer"]["max_steps"] = 2, 20
+        cfg["trainer"]["callbacks"] = [{"class_path": "_kill_helpers.StopTraining", "init_args": {"step": stop}}]
+        cfg["data"]["init_args"]["val_windows"] = 8
+        path = tmp_path / f"demo_{stop}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    out = tmp_path / "demo"
+    printed = {}
+    for stop in (0, 5):
+        assert demo(["--config", str(config(stop)), "--output", str(out)]) == 0
+        text = capsys.readouterr().out
+        line = next(x for x in text.splitlines() if x.startswith("demo: checkpoint"))
+        printed[stop] = Path(line.split()[-1])
+        assert printed[stop].exists()
+        assert ("STOPPED EARLY" in text) == (stop == 5), text[-2000:]
+        steps = _ckpt(printed[stop])["global_step"]
+        assert steps in ((10, 20) if stop == 0 else (5,))  # the re-run's best: never the first run's model
+        if stop == 5:
+            assert "after 5 of 20 steps" in text and "best val_acc" in text
+    assert _ckpt(out / "checkpoints" / "last.ckpt")["global_step"] == 5  # the final state, resumable
+    assert json_window(out) == 64
+
+
+def json_window(out: Path) -> int:
+    import json
+
+    return json.loads((out / "test_metrics.json").read_text())["window"]

@@ -9,6 +9,7 @@
     when training resumes, so that dropout, masking and any other draw continue as in an uninterrupted run
     (Lightning restores weights, optimizer, schedulers and loop counters; the data's position is the
     datamodule's part, e.g. ``FastaDataModule.state_dict``);
+  - at the end of a fit, makes ``last.ckpt`` (when a ModelCheckpoint asks for one) hold the final state;
   - on SIGTERM (a scheduler's pre-emption or time limit, ``kill``), Lightning finishes the current step and
     stops; this callback then writes a resumable ``last.ckpt`` into the ModelCheckpoint folder (or
     ``<default_root_dir>/checkpoints``) and the command exits with status 143 (128 + SIGTERM) instead of 0.
@@ -98,6 +99,16 @@ class FaultTolerance(pl.Callback):
         if self._restore is not None:
             _set_rng_state(self._restore)
             self._restore = None
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # Lightning (2.6) refreshes a monitoring ModelCheckpoint's last.ckpt only when it also writes a top-k
+        # checkpoint, so after a run whose metric stopped improving (or one stopped by max_time) last.ckpt is an
+        # older state; the run asked for a last checkpoint, so it gets the final one
+        for cb in trainer.checkpoint_callbacks:
+            if (isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath
+                    and getattr(cb, "_last_global_step_saved", -1) != trainer.global_step):
+                trainer.save_checkpoint(last_checkpoint_path(trainer), weights_only=False)
+                break
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
