@@ -120,9 +120,6 @@ def _conv_reference(x, w, bias, silu, reverse, h0):
     return (y.flip(-1), final.flip(-1)) if reverse else (y, final)
 
 
-@pytest.mark.xfail(raises=RuntimeError, strict=False,
-                   reason="causal_conv1d with L=0 raises F.conv1d's RuntimeError (ops, owned by the lead); expected an "
-                          "empty output and the initial state as the final state")
 @pytest.mark.parametrize("k", [1, 4])
 def test_causal_conv1d_length_zero(k):
     x, w, h0 = torch.zeros(2, 3, 0), torch.randn(3, k), torch.randn(2, 3, k - 1)

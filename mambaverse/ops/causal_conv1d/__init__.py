@@ -74,6 +74,12 @@ def causal_conv1d(x, weight, bias=None, activation=None, reverse=False, initial_
     if weight.shape[1] > 4 or weight.shape[1] < 2:
         needs.add("wide_kernel")
     row = select(OP, backend, x.device, x.dtype, needs)
+    if x.shape[-1] == 0:  # no steps: an empty output, and the conv state passes through unchanged
+        y = x.new_zeros(x.shape)
+        if not return_final_state:
+            return y
+        k = weight.shape[1]
+        return y, (initial_state if initial_state is not None else x.new_zeros(x.shape[0], x.shape[1], k - 1))
     return row.fn(x, weight, bias, activation, reverse, initial_state, return_final_state)
 
 
