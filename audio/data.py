@@ -20,6 +20,8 @@ import torch
 import torchaudio.functional as AF
 from torch.utils.data import DataLoader, Dataset
 
+from mambaverse.validation import check_fraction, check_int
+
 from .errors import AudioDataError
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -180,6 +182,11 @@ class WavDataModule(pl.LightningDataModule):
         self.length = round(clip_seconds * sample_rate)
         if self.length < 1:
             raise AudioDataError(f"clip_seconds={clip_seconds}; expected a positive clip length")
+        for key, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
+                                ("quantization_channels", quantization_channels, 2)):
+            check_int(f"data.{key}", value, low, AudioDataError)
+        for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            check_fraction(f"data.{key}", value, 0.0, 1.0, high_open=True, error=AudioDataError)
         self.train_crop, self.eval_crop = train_crop, eval_crop
         self.batch_size, self.num_workers = batch_size, num_workers
         self.quantization_channels, self.require_labels = quantization_channels, require_labels

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from mambaverse.validation import check_fraction, check_int
+
 from .errors import GenomicsDataError
 from .fasta import FastaSource, prepare_fasta
 from .tokenizer import DNATokenizer
@@ -257,12 +259,8 @@ def _check_args(**kw) -> None:
     ranges = {"window": 1, "batch_size": 1, "train_samples": 1, "val_windows": 0, "test_windows": 0,
               "predict_windows": 0, "num_workers": 0, "seed": 0}
     for key, low in ranges.items():
-        v = kw[key]
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-            raise GenomicsDataError(f"data.{key}: got {v!r}; expected an integer >= {low}")
-    rc = kw["rc_prob"]
-    if isinstance(rc, bool) or not isinstance(rc, (int, float)) or not 0.0 <= rc <= 1.0:
-        raise GenomicsDataError(f"data.rc_prob: got {rc!r}; expected a probability in [0, 1]")
+        check_int(f"data.{key}", kw[key], low, GenomicsDataError)
+    check_fraction("data.rc_prob", kw["rc_prob"], error=GenomicsDataError)
     cache = kw["cache_dir"]
     if cache:
         from pathlib import Path

@@ -459,3 +459,24 @@ def test_lr_nan_message_names_range():
         _clf(lr=math.nan)
     with pytest.raises(ShapeError):
         _clf()(torch.zeros(1, 0, dtype=torch.long))
+
+
+@pytest.mark.parametrize("kwargs, key", [
+    (dict(batch_size=0), "batch_size"), (dict(num_workers=-1), "num_workers"),
+    (dict(val_fraction=1.5), "val_fraction"), (dict(quantization_channels=1), "quantization_channels"),
+])
+def test_audio_datamodule_rejects_bad_config_values(tmp_path, kwargs, key):
+    from mambaverse.audio.data import WavDataModule
+
+    with pytest.raises(MambaverseError, match=key):
+        WavDataModule(str(tmp_path), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, key", [
+    (dict(batch_size=0), "batch_size"), (dict(img_size=0), "img_size"), (dict(num_workers=-1), "num_workers"),
+])
+def test_image_folder_datamodule_rejects_bad_config_values(tmp_path, kwargs, key):
+    from mambaverse.vision.data import ImageFolderDataModule
+
+    with pytest.raises(MambaverseError, match=key):
+        ImageFolderDataModule(str(tmp_path), **kwargs)

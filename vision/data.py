@@ -34,6 +34,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from mambaverse.errors import ConfigError
+from mambaverse.validation import check_int
 
 from .errors import VisionDataError
 
@@ -228,6 +229,10 @@ class _ClassificationData(_SplitLoaders, pl.LightningDataModule):
         if in_chans not in (1, 3):
             raise ConfigError(f"in_chans={in_chans}; expected 1 or 3")
         self.img_size = tuple(img_size) if isinstance(img_size, (list, tuple)) else (img_size, img_size)
+        for side in self.img_size:
+            check_int("data.img_size", side, 1, VisionDataError)
+        check_int("data.batch_size", batch_size, 1, VisionDataError)
+        check_int("data.num_workers", num_workers, 0, VisionDataError)
         self.in_chans, self.batch_size, self.num_workers, self.seed = in_chans, batch_size, num_workers, seed
         self.mean = tuple(mean) if mean is not None else ((0.485, 0.456, 0.406) if in_chans == 3 else (0.5,))
         self.std = tuple(std) if std is not None else ((0.229, 0.224, 0.225) if in_chans == 3 else (0.5,))
