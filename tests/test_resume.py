@@ -103,6 +103,7 @@ def test_killed_runs_resume_to_the_uninterrupted_weights(tmp_path):
 
     a, b = _ckpt(tmp_path / "full" / "checkpoints" / "step=30.ckpt"), _ckpt(ckdir / "step=30.ckpt")
     assert a["global_step"] == b["global_step"] == 30
+    assert not list(ckdir.glob("last-v*.ckpt")), "a resumed run wrote last-vN.ckpt beside a stale last.ckpt"
     assert a["state_dict"].keys() == b["state_dict"].keys()
     differ = [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
     assert not differ, f"weights differ after resume: {differ}"

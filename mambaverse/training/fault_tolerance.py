@@ -125,6 +125,11 @@ def install(trainer: pl.Trainer) -> pl.Trainer:
     default checkpoint IO, :class:`AtomicCheckpointIO`. Returns the trainer."""
     if not any(isinstance(cb, FaultTolerance) for cb in trainer.callbacks):
         trainer.callbacks.append(FaultTolerance())
+    for cb in trainer.checkpoint_callbacks:
+        # a resumed run must overwrite last.ckpt, not write last-v1.ckpt beside a stale last.ckpt (Lightning's
+        # version counter); our writes are atomic, so overwriting is safe
+        if isinstance(cb, ModelCheckpoint) and cb.save_last:
+            cb._enable_version_counter = False
     strategy = trainer.strategy
     io = getattr(strategy, "_checkpoint_io", None)
     if io is None or type(io) is TorchCheckpointIO:
