@@ -294,11 +294,19 @@ def main(argv: list[str] | None = None) -> int:
         if Path(args.classifier, "classifier.json").is_file():
             clf, info = load_classifier(args.classifier, device)
             clf.to(device)
+            trained_on = info.get("data")
+            if info.get("arch") != args.arch or (trained_on and trained_on != str(Path(args.data).resolve())):
+                raise AudioDataError(f"{args.classifier}: a saved classifier ({info.get('arch')}, trained on "
+                                     f"{trained_on or 'unrecorded data'}) differs from --arch {args.arch} / --data "
+                                     f"{args.data}; delete it or pass another --classifier folder to train anew")
+            print(f"metrics: using the saved classifier in {args.classifier} ({info.get('arch')}, test accuracy "
+                  f"{info.get('test_acc', float('nan')):.3f}); delete it to retrain", file=sys.stderr)
         else:
             clf, info = train_classifier(wav["train"], lab["train"], wav["val"], lab["val"], args.arch,
                                          device=device, epochs=args.epochs,
                                          log=lambda m: print(m, file=sys.stderr))
             info["test_acc"] = accuracy(clf, wav["test"], lab["test"])
+            info["data"] = str(Path(args.data).resolve())
             save_classifier(clf, args.classifier, info)
         train_probs, _ = probabilities_and_features(clf, wav["train"])
         rows = [("real test clips (ceiling)", score(clf, wav["train"], wav["test"], lab["test"], train_probs))]
