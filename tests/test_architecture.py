@@ -91,14 +91,15 @@ def test_import_contracts_hold(tmp_path):
     layout = _installed_layout(tmp_path / "src")
     lint = Path(sys.executable).with_name("lint-imports")
 
-    def run():
-        return subprocess.run([str(lint), "--config", str(REPO / ".importlinter"), "--no-cache"], cwd=layout,
+    def run(config=".importlinter"):
+        return subprocess.run([str(lint), "--config", str(REPO / config), "--no-cache"], cwd=layout,
                               capture_output=True, text=True,
                               env={**__import__("os").environ, "PYTHONPATH": str(layout)})
 
-    done = run()
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "0 broken" in done.stdout
+    for config in (".importlinter", ".importlinter-domains"):
+        done = run(config)
+        assert done.returncode == 0, config + ": " + done.stdout[-4000:] + done.stderr[-2000:]
+        assert "0 broken" in done.stdout
     # the contract has teeth: an op that reaches up into the backbones breaks it
     (layout / "mambaverse" / "ops" / "_upward.py").write_text("from mambaverse.backbones import CausalBackbone\n")
     done = run()

@@ -19,6 +19,7 @@ available one whose capabilities cover ``needs``; for a named one, that one or a
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -181,12 +182,12 @@ def triton_kernel(name: str) -> Callable[[torch.device], bool]:
 
     def available(device: torch.device) -> bool:
         try:
-            from .. import kernels
+            from ..kernels import triton_available
         except ImportError:
             return False
-        if not hasattr(kernels, name):
+        if not hasattr(sys.modules[__package__.rsplit(".", 1)[0] + ".kernels"], name):
             return False
-        return interpreting() or kernels.triton_available(device)
+        return interpreting() or triton_available(device)
 
     return available
 
