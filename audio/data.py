@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mambaverse.validation import check_fraction, check_int
 
+from mambaverse.atomic import atomic_write
 from .errors import AudioDataError
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -227,9 +228,6 @@ class WavDataModule(pl.LightningDataModule):
     def save_packed(self, path: str | Path) -> Path:
         """Write every split's mu-law codes and labels, with the clip settings, to a compressed ``.npz``
         (atomically); ``WavDataModule(root=path)`` reads it back without touching the WAVs."""
-        import os
-        import tempfile
-
         self.setup()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -237,16 +235,11 @@ class WavDataModule(pl.LightningDataModule):
                   "quantization_channels": np.array(self.quantization_channels)}
         for split, ds in self.splits.items():
             arrays[f"{split}_codes"], arrays[f"{split}_labels"] = ds.codes.numpy(), ds.labels.numpy()
-        fd, tmp = tempfile.mkstemp(suffix=".npz.tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
+        def write(tmp):
+            with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a bare name
                 np.savez_compressed(f, **arrays)
-                os.chmod(tmp, 0o644)  # mkstemp makes 0600; a data file is for everyone to read
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+
+        return atomic_write(path, write)
 
     def _load_packed(self):
         try:

@@ -12,9 +12,7 @@ with the standard library's ``wave``: neither soundfile nor omegaconf is needed.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 import wave
 from pathlib import Path
@@ -23,26 +21,22 @@ import numpy as np
 import torch
 import yaml
 
+from mambaverse.atomic import atomic_write
 from .errors import AudioDataError
 
 
 def write_pcm16_atomic(path: Path, audio: np.ndarray, sample_rate: int):
     """float waveform (L,) in [-1, 1] -> 16-bit PCM mono WAV, through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     pcm = (np.clip(audio, -1.0, 32767 / 32768) * 32768).round().astype("<i2")
-    fd, tmp = tempfile.mkstemp(suffix=".wav.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f, wave.open(f, "wb") as w:
+
+    def write(tmp):
+        with open(tmp, "wb") as f, wave.open(f, "wb") as w:
             w.setnchannels(1)
             w.setsampwidth(2)
             w.setframerate(sample_rate)
             w.writeframes(pcm.tobytes())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 def save_spectrogram_grid(path: Path, clips: torch.Tensor, sample_rate: int, titles: list[str] | None = None,
@@ -67,17 +61,10 @@ def save_spectrogram_grid(path: Path, clips: torch.Tensor, sample_rate: int, tit
             ax.imshow(specs[k].numpy(), origin="lower", aspect="auto", cmap="magma")
             ax.set_title(titles[k] if titles else f"sample {k}", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png.tmp", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=80)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a data file is for everyone to read
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def read_config(path: str) -> dict:

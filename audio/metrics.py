@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mambaverse.atomic import atomic_write, write_set
 from .errors import AudioDataError
 
 
@@ -89,23 +88,12 @@ def save_classifier(classifier: DigitClassifier, path: str | Path, info: dict):
     """Weights (safetensors) + a JSON header of its settings, written through temporary files and renames."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in classifier.state_dict().items()}
-    for name, write in (("model.safetensors", lambda p: save_file(state, p)),
-                        ("classifier.json", lambda p: Path(p).write_text(json.dumps(
-                            {"arch": classifier.arch, "sample_rate": classifier.sample_rate,
-                             "n_mels": classifier.n_mels, "num_classes": classifier.num_classes,
-                             "hop_ms": classifier.hop_ms, **info}, indent=2)))):
-        fd, tmp = tempfile.mkstemp(dir=path, suffix=".tmp")
-        os.close(fd)
-        try:
-            write(tmp)
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; a data file is for everyone to read
-            os.replace(tmp, path / name)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    header = {"arch": classifier.arch, "sample_rate": classifier.sample_rate, "n_mels": classifier.n_mels,
+              "num_classes": classifier.num_classes, "hop_ms": classifier.hop_ms, **info}
+    write_set(path, {"model.safetensors": lambda p: save_file(state, str(p)),
+                     "classifier.json": lambda p: Path(p).write_text(json.dumps(header, indent=2))},
+              error=AudioDataError)
 
 
 def load_classifier(path: str | Path, map_location="cpu") -> tuple[DigitClassifier, dict]:
@@ -331,11 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     table = format_table(rows, info)
     print(table)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=Path(args.out).parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(table + "\n")
-        os.replace(tmp, args.out)
+        atomic_write(args.out, lambda p: Path(p).write_text(table + "\n"))
     return 0
 
 

@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from mambaverse.atomic import atomic_write
 from .errors import AudioDataError
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -91,17 +90,7 @@ def write_wav_atomic(path: Path, samples: np.ndarray, sample_rate: int, subtype:
     """Write a WAV through a temporary file in the same folder, then rename: never a half-written file."""
     import soundfile as sf
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".wav.tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        sf.write(tmp, samples, sample_rate, subtype=subtype, format="WAV")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a data file is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: sf.write(str(tmp), samples, sample_rate, subtype=subtype, format="WAV"))
 
 
 def plan(n_voices: int, takes: int, seed: int, val_fraction: float, test_fraction: float) -> list[dict]:
@@ -152,14 +141,14 @@ def build(out: str | Path, n_voices: int = 400, takes: int = 1, seed: int = 0, v
             if progress and (done % 500 == 0 or done == len(rows)):
                 print(f"audio-data: {done}/{len(rows)} clips", file=sys.stderr)
     manifest = out / "manifest.csv"
-    fd, tmp = tempfile.mkstemp(suffix=".csv.tmp", dir=out)
-    with os.fdopen(fd, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "split", "digit", "word", "voice", "take", "pitch", "speed",
-                                               "seed"])
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, manifest)
-    return manifest
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["path", "split", "digit", "word", "voice", "take", "pitch",
+                                                   "speed", "seed"])
+            writer.writeheader()
+            writer.writerows(rows)
+
+    return atomic_write(manifest, write)
 
 
 def main(argv: list[str] | None = None) -> int:

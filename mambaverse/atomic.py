@@ -25,6 +25,7 @@ import os
 import secrets
 import shutil
 import socket
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -33,10 +34,15 @@ __all__ = ["atomic_write", "atomic_write_bytes", "file_mode", "sweep", "temp_nam
 _HOST = socket.gethostname().replace("-", "_")
 
 
+_UMASK_LOCK = threading.Lock()
+
+
 def file_mode() -> int:
-    """The mode ``open(path, "w")`` would give a new file: ``0o666`` minus the process umask."""
-    mask = os.umask(0)
-    os.umask(mask)
+    """The mode ``open(path, "w")`` would give a new file: ``0o666`` minus the process umask. (Reading the
+    umask means setting it; the lock keeps writers on several threads from restoring each other's 0.)"""
+    with _UMASK_LOCK:
+        mask = os.umask(0)
+        os.umask(mask)
     return 0o666 & ~mask
 
 

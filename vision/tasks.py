@@ -17,8 +17,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -29,6 +27,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import (MulticlassAccuracy, MulticlassConfusionMatrix,
                                          MulticlassJaccardIndex)
 
+from mambaverse.atomic import atomic_write
 from mambaverse.errors import ConfigError
 
 from .heads import SegmentationModel
@@ -60,22 +59,8 @@ def build_backbone(backbone: str, **kwargs) -> nn.Module:
         raise ConfigError(f"backbone {backbone!r} ({name}): {exc}; check backbone_overrides") from None
 
 
-def _atomic_write(path: Path, write) -> None:
-    """write(tmp_path) then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _write_json(path: Path, data: dict) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
 
 
 class _VisionTask(pl.LightningModule):
@@ -212,7 +197,7 @@ class ImageClassifier(_VisionTask):
         ax.set_title(f"test top-1 {top1:.4f} (n={int(confusion.sum())})")
         ax.tick_params(axis="x", labelrotation=90)
         fig.tight_layout()
-        _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
         plt.close(fig)
 
     def predict_step(self, batch, batch_idx):
@@ -235,7 +220,7 @@ class ImageClassifier(_VisionTask):
                     for path, pred, conf in self._predictions:
                         w.writerow([path, pred, names[pred], f"{conf:.6f}"])
 
-            _atomic_write(out / "predictions.csv", write)
+            atomic_write(out / "predictions.csv", write)
         self._predictions = []
 
 
@@ -372,7 +357,7 @@ class SemanticSegmenter(_VisionTask):
                    ncol=4, fontsize=7, frameon=False)
         fig.suptitle(f"test mIoU {miou:.3f} (background left clear)", fontsize=9)
         fig.tight_layout(rect=(0, 0.04 + 0.015 * (len(shown) // 4), 1, 0.98))
-        _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
         plt.close(fig)
 
     def predict_step(self, batch, batch_idx):
@@ -384,7 +369,7 @@ class SemanticSegmenter(_VisionTask):
         if out is not None:
             for path, mask in zip(paths, pred):
                 target = out / "predictions" / f"{Path(path).stem}.png"
-                _atomic_write(target, lambda tmp, m=mask: Image.fromarray(m).save(tmp, format="PNG"))
+                atomic_write(target, lambda tmp, m=mask: Image.fromarray(m).save(tmp, format="PNG"))
         return {"paths": list(paths), "masks": torch.from_numpy(pred)}
 
 
