@@ -20,9 +20,10 @@ import torch
 import torchaudio.functional as AF
 from torch.utils.data import DataLoader, Dataset
 
+from mambaverse.atomic import atomic_write
+from mambaverse.training.sampling import ResumableSampling
 from mambaverse.validation import check_fraction, check_int
 
-from mambaverse.atomic import atomic_write
 from .errors import AudioDataError
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -121,7 +122,8 @@ class WaveformDataset(Dataset):
     """Clips held in memory as mu-law codes (N, length) uint8 with labels (N,) int64 (-1 if unlabelled).
 
     Item: (codes (crop or length,) int64, label () int64). ``crop`` takes a random window of that many samples
-    (``random_crop``) or the first one.
+    (``random_crop``, drawn from torch's global generator, which the training loader seeds per item from
+    (seed, epoch, index): ``mambaverse.training.sampling``) or the first one.
     """
 
     def __init__(self, codes: torch.Tensor, labels: torch.Tensor, crop: int | None = None, random_crop: bool = False,
@@ -155,7 +157,7 @@ def load_clips(files: list[Path], sample_rate: int, length: int, quantization_ch
     return codes, labels
 
 
-class WavDataModule(pl.LightningDataModule):
+class WavDataModule(ResumableSampling, pl.LightningDataModule):
     """Any folder of WAVs -> batches (codes (B, L) int64 mu-law, labels (B,) int64) for waveform models.
 
     Args:
@@ -169,6 +171,8 @@ class WavDataModule(pl.LightningDataModule):
         quantization_channels: mu-law levels (256 = 8 bit).
         require_labels: every file must carry a digit label (for class-conditional models and metrics).
         max_files: per split, keep at most this many files (sorted order, then a seeded shuffle) for quick runs.
+        seed: seed of the random split, the ``max_files`` subset, and the training stream: the clip order and crops
+            of epoch ``e`` are a function of (seed, e), kept in checkpoints, so a resumed run continues exactly.
     Raises AudioDataError naming the file or folder for any bad input (see ``read_wav``).
     """
 
@@ -268,7 +272,11 @@ class WavDataModule(pl.LightningDataModule):
                           num_workers=self.num_workers, drop_last=shuffle and len(self.splits[split]) > self.batch_size)
 
     def train_dataloader(self):
-        return self._loader("train", True)
+        """Shuffled clips with random crops, a function of (seed, epoch, index) (``ResumableSampling``)."""
+        if "train" not in self.splits:
+            return self._loader("train", True)  # its one-line error
+        ds = self.splits["train"]
+        return self.resumable_loader(ds, shuffle=True, drop_last=len(ds) > self.batch_size)
 
     def val_dataloader(self):
         return self._loader("val", False)

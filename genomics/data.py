@@ -15,7 +15,6 @@ starts over each label's regions, N-filtered, the same on every call.
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -23,8 +22,9 @@ from typing import Literal
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
+from mambaverse.training.sampling import EpochSampler, ResumableSampling, _key
 from mambaverse.validation import check_fraction, check_int
 
 from .errors import GenomicsDataError
@@ -116,7 +116,8 @@ class RandomWindowDataset(Dataset, _WindowReader):
     """``samples`` random training windows per epoch; fresh windows every epoch.
 
     Window ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)`` (and the window length): the item
-    index is an ``(epoch, i)`` or ``(epoch, i, length)`` tuple from :class:`EpochSampler`, and its draws come
+    index is an ``(epoch, i)`` or ``(epoch, i, length)`` tuple from ``mambaverse.training.sampling.EpochSampler``
+    (the sampler every domain shares), and its draws come
     from ``numpy.random.default_rng([seed, e, i])``. So the stream does not depend on the process, the
     worker that reads it, or where a run was resumed; a plain int ``i`` means epoch 0.
     """
@@ -163,57 +164,12 @@ class RandomWindowDataset(Dataset, _WindowReader):
             f"{self.max_n} in {self.max_tries} draws; raise max_n_fraction or check the files")
 
     def __getitem__(self, key) -> dict:
-        epoch, i, window = 0, key, self.window
-        if isinstance(key, tuple):
-            epoch, i = key[0], key[1]
-            window = key[2] if len(key) > 2 and key[2] else window
+        epoch, i, window = _key(key)
+        window = window or self.window
         rng = np.random.default_rng([int(self.seed) % (2**63), int(epoch), int(i)])
         label = int(rng.integers(0, self.n_labels))
         w, ids = self.draw(rng, label, int(window))
         return self.item(w, ids)
-
-
-class EpochSampler(DistributedSampler):
-    """Indices ``(epoch, i, length)`` for :class:`RandomWindowDataset`, with exact mid-epoch resume.
-
-    ``set_epoch`` (called by Lightning before every training epoch) picks the epoch; when iteration starts,
-    ``length_fn()`` gives the length (the sequence-length warmup's current one) and ``resume_fn(epoch)`` the
-    number of samples of this epoch (counted over all ranks) that a resumed run already trained on, which
-    are skipped. A :class:`DistributedSampler` so that Lightning keeps
-    it under DDP: rank ``r`` of ``W`` takes positions ``r, r + W, ...``; ``len`` is always the full epoch,
-    so the step count and learning-rate schedule are those of the uninterrupted run.
-    """
-
-    def __init__(self, samples: int, length_fn=None, num_replicas: int = 1, rank: int = 0, resume_fn=None):
-        # DistributedSampler.__init__ would query torch.distributed; set its fields directly instead
-        self.samples, self.length_fn, self.resume_fn = int(samples), length_fn, resume_fn
-        self.num_replicas, self.rank, self.epoch = int(num_replicas), int(rank), 0
-        self.shuffle, self.drop_last, self.seed = False, False, 0
-        self.num_samples = math.ceil(self.samples / self.num_replicas)
-        self.total_size = self.num_samples * self.num_replicas
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self):
-        epoch = self.epoch
-        consumed = int(self.resume_fn(epoch)) if self.resume_fn is not None else 0
-        skip = -(-consumed // self.num_replicas)  # per rank
-        length = int(self.length_fn()) if self.length_fn is not None else 0
-        for j in range(skip, self.num_samples):
-            yield (epoch, (self.rank + j * self.num_replicas) % self.samples, length)
-
-
-class _LazyLoader(DataLoader):
-    """A DataLoader whose iterator (and its workers' first index requests) is created at the first ``next``,
-    not at ``iter``: Lightning calls ``iter`` before it restores a checkpoint, and the sampler must see the
-    restored epoch, position and length."""
-
-    def __iter__(self):
-        yield from super().__iter__()
 
 
 class FixedWindowDataset(Dataset, _WindowReader):
@@ -273,7 +229,7 @@ def _check_args(**kw) -> None:
                                     f"{'not a folder' if not p.is_dir() else 'not writable'}); expected a writable folder")
 
 
-class FastaDataModule(pl.LightningDataModule):
+class FastaDataModule(ResumableSampling, pl.LightningDataModule):
     """Labelled FASTA files (``label: [paths]``) as windows of token ids for classification or LM.
 
     Args:
@@ -332,7 +288,6 @@ class FastaDataModule(pl.LightningDataModule):
         self.sources: list[FastaSource] | None = None
         self.spans: dict[str, list[Span]] = {}
         self._fixed: dict[str, list[Window]] = {}
-        self._resume_at: tuple[int, int] | None = None  # (epoch, consumed windows) restored from a checkpoint
         self.save_hyperparameters()
 
     # ------------------------------------------------------------------ properties
@@ -427,29 +382,14 @@ class FastaDataModule(pl.LightningDataModule):
         """Random windows, a function of (seed, epoch, index): see :class:`RandomWindowDataset`. The epoch comes
         from Lightning's ``set_epoch``, the length from :meth:`set_seq_len` when the epoch starts, and a run
         resumed from a checkpoint skips the windows it already trained on (:meth:`load_state_dict`)."""
-        import torch.distributed as dist
-
-        world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_available() and dist.is_initialized() else (1, 0)
-        sampler = EpochSampler(self.train_samples, lambda: self._train_window or self.window, world, rank,
-                               self._take_resume)
-        # its own generator: worker seeds then draw nothing from the global torch RNG, which a resumed run restores
-        return _LazyLoader(self.train_dataset(), batch_size=self.batch_size, sampler=sampler,
-                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                           generator=torch.Generator().manual_seed(int(self.seed) % (2**63)))
+        return self.resumable_loader(self.train_dataset(), shuffle=False, per_item_seed=False,
+                                     length_fn=lambda: self._train_window or self.window)
 
     # ------------------------------------------------------------------ exact resume
     def state_dict(self) -> dict:
         """Saved in Lightning checkpoints: the seed, the training length and how far into its epoch the run is
-        (``consumed`` training windows over all ranks, from the trainer's count of finished batches)."""
-        state = {"seed": int(self.seed), "train_window": self._train_window, "batch_size": self.batch_size,
-                 "train_samples": int(self.train_samples)}
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None:
-            loop = trainer.fit_loop
-            done = int(loop.epoch_loop.batch_progress.current.processed)
-            world = max(1, int(getattr(trainer, "world_size", 1) or 1))
-            state.update(epoch=int(trainer.current_epoch), consumed=done * self.batch_size * world)
-        return state
+        (``consumed`` training windows over all ranks; see ``mambaverse.training.sampling.ResumableSampling``)."""
+        return {**self.sampling_state(), "train_window": self._train_window, "train_samples": int(self.train_samples)}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the window stream of a checkpoint: its seed (redoing a record split drawn with another seed),
@@ -457,21 +397,13 @@ class FastaDataModule(pl.LightningDataModule):
         skips the windows already trained on."""
         if not state:
             return
-        seed = state.get("seed", self.seed)
-        if seed != self.seed:
-            self.seed = seed
-            if self.split == "record" and self.sources is not None:  # the split was drawn with the config's seed
-                self.sources, self._fixed = None, {}
-                self._load()
+        drawn_with = self.seed
+        self.load_sampling_state(state)
+        if self.seed != drawn_with and self.split == "record" and self.sources is not None:
+            self.sources, self._fixed = None, {}  # the split was drawn with the config's seed
+            self._load()
         if state.get("train_window"):
             self._train_window = int(state["train_window"])
-        if "epoch" in state and 0 < state.get("consumed", 0) < self.train_samples:
-            self._resume_at = (int(state["epoch"]), int(state["consumed"]))
-
-    def _take_resume(self, epoch: int) -> int:
-        """Training windows of ``epoch`` already trained on (once, for the first iteration after a restore)."""
-        at, self._resume_at = self._resume_at, None
-        return at[1] if at is not None and at[0] == epoch else 0
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(FixedWindowDataset(self.sources, self.tokenizer, self.fixed_windows("val")))

@@ -164,56 +164,151 @@ def test_warmup_length_is_restored_with_the_datamodule(tmp_path):
     assert batch["input_ids"].shape == (4, 32)
 
 
-# ------------------------------------------------------------------------------------------ audio
-def test_audio_fit_stopped_by_sigterm_resumes_from_last_ckpt(tmp_path):
-    """The waveform LM (audio/) on real WAVs written here: SIGTERM after step 6 writes a resumable last.ckpt and
-    exits 143; the resumed run reaches its step budget. (Not bit-identical yet: WavDataModule shuffles from the
-    global random state; see README "Fault tolerance".)"""
+# ------------------------------------------------------------------------------------------ audio and vision
+def _trainer(out: Path, max_steps: int, every: int, stop_step: int, mark: Path | None, **extra) -> dict:
+    return {"accelerator": "cpu", "devices": 1, "max_steps": max_steps, "logger": False, "num_sanity_val_steps": 0,
+            "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(out), **extra,
+            "callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "init_args": {"dirpath": str(out / "checkpoints"), "every_n_train_steps": every, "save_top_k": -1,
+                               "save_last": True, "filename": "{step}"}},
+                {"class_path": "_kill_helpers.StopAfterStep",
+                 "init_args": {"step": stop_step, "mark": str(mark) if mark else None}}]}
+
+
+def _kill_resume_compare(tmp_path: Path, config, term_at: int | None, kill_at: int, killed_last: int,
+                         final: int) -> None:
+    """config(out, stop_step, mark) -> a config path. An uninterrupted run beside one that is SIGTERMed after step
+    ``term_at`` (None: not) and resumed, SIGKILLed after ``kill_at`` (its last.ckpt then holds step
+    ``killed_last``) and resumed to the end: both end with the same weights and optimiser state at step ``final``."""
+    full = _fit(config(tmp_path / "full", 0, None))
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    resume = ()
+    if term_at is not None:
+        rc, log = _signal_at(_fit(config(run, term_at, tmp_path / "m1")), tmp_path / "m1", signal.SIGTERM)
+        assert rc == 143 and "stopped by SIGTERM" in log, log[-3000:]
+        assert _ckpt(last)["global_step"] == term_at
+        resume = ("--ckpt_path", str(last))
+    rc, log = _signal_at(_fit(config(run, kill_at, tmp_path / "m2"), *resume), tmp_path / "m2", signal.SIGKILL)
+    assert rc == -signal.SIGKILL, log[-3000:]
+    assert _ckpt(last)["global_step"] == killed_last
+    resumed = _fit(config(run, 0, None), "--ckpt_path", str(last))
+    log = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, log[-3000:]
+    log = full.communicate(timeout=600)[0]
+    assert full.returncode == 0, log[-3000:]
+    a, b = _ckpt(tmp_path / "full" / "checkpoints" / "last.ckpt"), _ckpt(last)
+    assert a["global_step"] == b["global_step"] == final
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    differ = [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
+    assert not differ, f"weights differ after resume: {differ}"
+    sa, sb = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+
+
+def test_audio_fit_killed_and_resumed_ends_with_the_uninterrupted_weights(tmp_path):
+    """The waveform LM (audio/) on real WAVs written here, random crops and shuffling on: SIGTERM mid epoch 0,
+    SIGKILL mid epoch 1, resumed twice from last.ckpt: the same weights as the uninterrupted run."""
     sf = pytest.importorskip("soundfile")
     import numpy as np
 
     rng = np.random.default_rng(0)
     root = tmp_path / "wavs"
-    for split, n in (("train", 24), ("valid", 4), ("test", 4)):
+    for split, n in (("train", 26), ("valid", 4), ("test", 4)):  # 26 clips / batch 4: drop_last matters
         (root / split).mkdir(parents=True)
         for k in range(n):
             digit = k % 10
             t = np.arange(2000) / 8000
             x = 0.4 * np.sin(2 * np.pi * (200 + 60 * digit) * t) + 0.05 * rng.standard_normal(t.size)
             sf.write(root / split / f"{digit}_{k}.wav", x.astype(np.float32), 8000, subtype="PCM_16")
-    out = tmp_path / "audio_run"
 
-    def config(stop_step, mark):
+    def config(out, stop_step, mark):
         cfg = {
             "seed_everything": 1234,
             "model": {"class_path": "mambaverse.audio.tasks.WaveformLM",
                       "init_args": {"model": "sashimi_mamba_tiny", "conditional": True, "lr": 4e-3, "warmup_steps": 2,
                                     "sample_rate": 8000}},
             "data": {"class_path": "mambaverse.audio.data.WavDataModule",
-                     "init_args": {"root": str(root), "sample_rate": 8000, "clip_seconds": 0.25, "train_crop": 512,
-                                   "eval_crop": 512, "batch_size": 4}},
-            "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 12, "logger": False,
-                        "num_sanity_val_steps": 0, "limit_val_batches": 1, "val_check_interval": 6,
-                        "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(out),
-                        "callbacks": [
-                            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                             "init_args": {"dirpath": str(out / "checkpoints"), "every_n_train_steps": 4,
-                                           "save_last": True}},
-                            {"class_path": "_kill_helpers.StopAfterStep",
-                             "init_args": {"step": stop_step, "mark": str(mark) if mark else None}}]},
+                     "init_args": {"root": str(root), "sample_rate": 8000, "clip_seconds": 0.25, "train_crop": 256,
+                                   "eval_crop": 256, "batch_size": 4, "seed": 5}},
+            "trainer": _trainer(out, 12, 4, stop_step, mark, limit_val_batches=1, val_check_interval=6),
         }
-        path = tmp_path / f"audio_{stop_step}.yaml"
+        path = out.with_suffix(f".{stop_step}.yaml")
         path.write_text(yaml.safe_dump(cfg))
         return path
 
-    last = out / "checkpoints" / "last.ckpt"
-    rc, log = _signal_at(_fit(config(6, tmp_path / "a6")), tmp_path / "a6", signal.SIGTERM)
-    assert rc == 143 and "stopped by SIGTERM" in log, log[-3000:]
-    assert _ckpt(last)["global_step"] == 6
-    resumed = _fit(config(0, None), "--ckpt_path", str(last))
-    log = resumed.communicate(timeout=600)[0]
-    assert resumed.returncode == 0, log[-3000:]
-    assert _ckpt(last)["global_step"] == 12
+    _kill_resume_compare(tmp_path, config, term_at=3, kill_at=9, killed_last=8, final=12)
+
+
+def test_vision_fit_killed_and_resumed_ends_with_the_uninterrupted_weights(tmp_path):
+    """A tiny Vim on real PNGs written here, through timm's training transforms (random resized crop, flip) and
+    a shuffled order: SIGKILLed mid epoch 1 and resumed: the same weights as the uninterrupted run (SIGTERM is
+    the same code path for every domain; the genomics and audio tests send it)."""
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for c in range(2):
+        (root / f"class{c}").mkdir(parents=True)
+        for k in range(11):
+            pixels = rng.integers(0, 120, (20, 20), dtype=np.uint8) + (100 if c else 0)
+            Image.fromarray(pixels).save(root / f"class{c}" / f"{k}.png")
+
+    def config(out, stop_step, mark):
+        cfg = {
+            "seed_everything": 1234,
+            "model": {"class_path": "mambaverse.vision.tasks.ImageClassifier", "init_args": {
+                "num_classes": 2, "backbone": "vim_tiny", "in_chans": 1, "lr": 3e-3, "warmup_steps": 2,
+                "backbone_overrides": {"img_size": 16, "patch_size": 4, "embed_dim": 16, "depth": 1, "d_state": 4},
+                "output_dir": str(out)}},
+            "data": {"class_path": "mambaverse.vision.data.ImageFolderDataModule", "init_args": {
+                "root": str(root), "img_size": 16, "in_chans": 1, "batch_size": 4, "val_fraction": 0.2,
+                "seed": 3}},
+            "trainer": _trainer(out, 10, 3, stop_step, mark, limit_val_batches=1),
+        }
+        path = out.with_suffix(f".{stop_step}.yaml")
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    # 17 training images / batch 4: 5 steps an epoch
+    _kill_resume_compare(tmp_path, config, term_at=None, kill_at=8, killed_last=6, final=10)
+
+
+def test_shared_sampler_is_a_function_of_seed_epoch_and_index():
+    """mambaverse.training.sampling, the piece every domain's training loader uses: the order and each item's
+    random draws depend on (seed, epoch, index) only, not on the global random state, and leave it untouched."""
+    from mambaverse.training.sampling import EpochSampler, EpochSeeded
+
+    class Draws(torch.utils.data.Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            import random
+
+            import numpy as np
+            return i, float(torch.rand(())), float(np.random.rand()), random.random()
+
+    def epoch(e, seed=1, consumed=0, rank=0, world=1):
+        s = EpochSampler(10, num_replicas=world, rank=rank, resume_fn=lambda _: consumed, shuffle=True, seed=seed)
+        s.set_epoch(e)
+        ds = EpochSeeded(Draws(), seed)
+        return [ds[k] for k in s]
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    e0 = epoch(0)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's random state is untouched
+    assert sorted(x[0] for x in e0) == list(range(10)) and [x[0] for x in e0] != list(range(10))
+    torch.manual_seed(99)
+    assert epoch(0) == e0  # whatever the global state
+    assert epoch(1) != e0 and sorted(epoch(1)) != sorted(e0)  # another order, other draws per item
+    assert epoch(0, seed=2) != e0
+    assert epoch(0, consumed=4) == e0[4:]  # a resumed epoch continues where the checkpoint was taken
+    ranks = [epoch(0, rank=r, world=2) for r in (0, 1)]
+    assert sorted(ranks[0] + ranks[1]) == sorted(e0)
 
 
 # ------------------------------------------------------------------------------------------ the demo

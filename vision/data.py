@@ -34,6 +34,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from mambaverse.errors import ConfigError
+from mambaverse.training.sampling import ResumableSampling
 from mambaverse.validation import check_int
 
 from .errors import VisionDataError
@@ -191,8 +192,10 @@ class ImageSamples(Dataset):
         return self.transform(image), (self.names[i] if self.names is not None else str(source))
 
 
-class _SplitLoaders:
-    """DataLoaders over the train/val/test/predict datasets a data module's setup() made."""
+class _SplitLoaders(ResumableSampling):
+    """DataLoaders over the train/val/test/predict datasets a data module's setup() made. Training batches (the
+    order, and every random crop, flip and jitter) are a function of (seed, epoch, index), kept in checkpoints so
+    that a resumed run continues exactly (``mambaverse.training.sampling``)."""
 
     train_set = val_set = test_set = predict_set = None
 
@@ -207,7 +210,9 @@ class _SplitLoaders:
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self):
-        return self._loader(self.train_set, True, drop_last=self._drop_last_train())
+        if self.train_set is None:
+            return self._loader(None, True)  # its one-line error
+        return self.resumable_loader(self.train_set, shuffle=True, drop_last=self._drop_last_train())
 
     def val_dataloader(self):
         return self._loader(self.val_set, False)
