@@ -39,9 +39,9 @@ except ImportError:
     _spec.loader.exec_module(_mod)
     mambaverse.kernels = _mod
 
-from mambaverse.kernels import _scan as kscan  # noqa: E402
 from mambaverse.kernels import (bidirectional_scan_triton, causal_conv1d_triton,  # noqa: E402
-                                cross_selective_scan_triton, selective_scan_triton, set_config)
+                                cross_selective_scan_triton, selective_scan_triton, set_config,
+                                set_rows_config)
 from mambaverse.ops.causal_conv1d import causal_conv1d_torch  # noqa: E402
 from mambaverse.ops.cross_scan import cross_selective_scan_reference  # noqa: E402
 from mambaverse.ops import selective_scan_naive  # noqa: E402
@@ -268,12 +268,13 @@ def floor_bytes(b, d, l, n=16, el=2):
     return fwd, fwd + bwd
 
 
-def sweep(ts, fwd_cfgs, bwd_cfgs, seed, targets=(528,)):
-    best_f = None
+def sweep(ts, fwd_cfgs, bwd_cfgs, seed):
+    """Pick (BLOCK_D, BLOCK_L, warps) of the row-layout kernels: the forward alone, then the backward
+    (fwd+bwd timed) with the best forward."""
     res_f = {}
     with torch.no_grad():
         for cfg in fwd_cfgs:
-            set_config(fwd=cfg, bwd=(cfg[0], max(cfg[1], 64), cfg[2]))
+            set_rows_config(fwd=cfg, bwd=(cfg[0], cfg[1], cfg[2]))
             try:
                 res_f[cfg] = bench(lambda: ours(ts), rep=60)
             except Exception as exc:  # noqa: BLE001  (a config can run out of registers/shared memory)
@@ -282,50 +283,40 @@ def sweep(ts, fwd_cfgs, bwd_cfgs, seed, targets=(528,)):
     best_f = min(res_f, key=res_f.get)
     res_b = {}
     for cfg in bwd_cfgs:
-        f = (best_f[0], min(best_f[1], cfg[1]), best_f[2])
-        set_config(fwd=f, bwd=cfg)
+        set_rows_config(fwd=best_f, bwd=cfg)
         try:
             res_b[cfg] = bench(lambda: ours(ts).backward(seed), grad_to_none=ts, rep=60)
         except Exception as exc:  # noqa: BLE001
             res_b[cfg] = float("inf")
             print("bwd config failed", cfg, type(exc).__name__, str(exc)[:200])
     best_b = min(res_b, key=res_b.get)
-    print("fwd sweep", {k: round(v, 3) for k, v in res_f.items()})
-    print("fwd+bwd sweep", {k: round(v, 3) for k, v in res_b.items()})
-    best_t = targets[0]
-    if len(targets) > 1:  # sequence-parallel split: how many programs to aim for
-        res_t = {}
-        for tgt in targets:
-            set_config(fwd=(best_f[0], min(best_f[1], best_b[1]), best_f[2]), bwd=best_b, seq_target=tgt)
-            res_t[tgt] = bench(lambda: ours(ts).backward(seed), grad_to_none=ts, rep=60)
-        best_t = min(res_t, key=res_t.get)
-        print("seq_target sweep (fwd+bwd)", {k: round(v, 3) for k, v in res_t.items()})
-    set_config(seq_target=best_t)
+    log(f"  sweep fwd {dict((k, round(v, 3)) for k, v in res_f.items())}")
+    log(f"  sweep fwd+bwd {dict((k, round(v, 3)) for k, v in res_b.items())}")
     return best_f, best_b
 
 
-FWD_CFGS = [(2, 32, 1), (4, 32, 2), (8, 32, 4), (8, 16, 4), (4, 16, 2), (16, 32, 8), (16, 16, 8)]
-BWD_CFGS = [(2, 32, 1), (4, 32, 2), (8, 32, 4), (8, 16, 4), (4, 16, 2), (2, 16, 1)]
+# (BLOCK_D, BLOCK_L, num_warps): about 2-16 steps per thread (mamba-ssm's kNItems is 16 with 128 threads)
+FWD_CFGS = [(1, 512, 4), (1, 1024, 4), (1, 2048, 8), (1, 512, 2), (2, 512, 4), (1, 256, 2), (1, 1024, 8), (1, 2048, 4)]
+BWD_CFGS = [(1, 512, 4), (1, 256, 2), (1, 1024, 8), (2, 512, 4), (1, 512, 2), (1, 256, 4), (1, 1024, 4)]
 if DRY:
-    FWD_CFGS, BWD_CFGS = FWD_CFGS[:2], BWD_CFGS[:2]
+    FWD_CFGS, BWD_CFGS = [(1, 16, 4), (2, 8, 4)], [(1, 16, 4), (2, 16, 4)]
 
 
 def time_shape(shape, bw):
     b, d, l = shape
     ts = make(b, d, l)
     seed = torch.randn(b, d, l, device=DEV, dtype=torch.bfloat16)
-    targets = (528, 1056, 2112, 4224) if b * d <= 1024 else (528,)
-    best_f, best_b = sweep(ts, FWD_CFGS, BWD_CFGS, seed, targets)
-    set_config(fwd=best_f, bwd=(best_b[0], max(best_b[1], best_f[1]), best_b[2]))  # fwd chunk unclamped
+    best_f, best_b = sweep(ts, FWD_CFGS, BWD_CFGS, seed)
+    set_rows_config(fwd=best_f, bwd=best_f)
     with torch.no_grad():
         t_of = bench(lambda: ours(ts))
         t_af = bench(lambda: anchor(ts)) if selective_scan_fn else float("nan")
-    set_config(fwd=best_f, bwd=best_b)
+    set_rows_config(fwd=best_f, bwd=best_b)
     t_ofb = bench(lambda: ours(ts).backward(seed), grad_to_none=ts)
     t_afb = bench(lambda: anchor(ts).backward(seed), grad_to_none=ts) if selective_scan_fn else float("nan")
     fb, fbb = floor_bytes(b, d, l)
     fl_f, fl_fb = fb / bw * 1e3, fbb / bw * 1e3
-    log(f"| B={b} D={d} L={l} | fwd | {t_of:.3f} | {t_af:.3f} | {t_of / t_af:.2f} | {fl_f:.3f} | {t_of / fl_f:.1f}x | {best_f} seq_target={kscan._CONFIG['seq_target']} |")
+    log(f"| B={b} D={d} L={l} | fwd | {t_of:.3f} | {t_af:.3f} | {t_of / t_af:.2f} | {fl_f:.3f} | {t_of / fl_f:.1f}x | {best_f} |")
     log(f"| B={b} D={d} L={l} | fwd+bwd | {t_ofb:.3f} | {t_afb:.3f} | {t_ofb / t_afb:.2f} | {fl_fb:.3f} | {t_ofb / fl_fb:.1f}x | {best_b} |")
     del ts
     torch.cuda.empty_cache()
@@ -334,8 +325,7 @@ def time_shape(shape, bw):
 
 def time_bidir(bw, cfg):
     b, d, l = BIDIR_T
-    set_config(fwd=cfg[0], bwd=cfg[1])
-    set_config(seq_target=528)
+    set_rows_config(fwd=cfg[0], bwd=cfg[1])
     ts = make(b, d, l)
     u, delta, A, B, C, D, z, db = ts
     seed = torch.randn(b, d, l, device=DEV, dtype=torch.bfloat16)
@@ -343,19 +333,26 @@ def time_bidir(bw, cfg):
     def fused():
         return bidirectional_scan_triton(u, delta, A, B, C, D, z, db, True, "add")
 
+    def two_ours():  # what `auto` runs: two plain row-layout passes, the second reversed by index (no flips)
+        return (selective_scan_triton(u, delta, A, B, C, D, z, db, True)
+                + selective_scan_triton(u, delta, A, B, C, D, z, db, True, reverse=True))
+
     def pair():
         f = selective_scan_fn(u, delta, A, B, C, D, z, db, True)
         r = selective_scan_fn(u.flip(-1), delta.flip(-1), A, B.flip(-1), C.flip(-1), D, z.flip(-1), db, True)
         return f + r.flip(-1)
 
     with torch.no_grad():
+        t2 = bench(two_ours)
+    t2b = bench(lambda: two_ours().backward(seed), grad_to_none=ts)
+    with torch.no_grad():
         tf = bench(fused)
         tp = bench(pair) if selective_scan_fn else float("nan")
     tfb = bench(lambda: fused().backward(seed), grad_to_none=ts)
     tpb = bench(lambda: pair().backward(seed), grad_to_none=ts) if selective_scan_fn else float("nan")
     fb, fbb = floor_bytes(b, d, l)
-    log(f"| bidirectional scan op B={b} D={d} L={l} | fwd | {tf:.3f} | {tp:.3f} | {tf / tp:.2f} | {fb / bw * 1e3:.3f} |")
-    log(f"| bidirectional scan op B={b} D={d} L={l} | fwd+bwd | {tfb:.3f} | {tpb:.3f} | {tfb / tpb:.2f} | {(fbb + 2 * b * d * l * 2) / bw * 1e3:.3f} |")
+    log(f"| bidirectional scan op B={b} D={d} L={l} | fwd | {tf:.3f} | {t2:.3f} | {tp:.3f} | {tf / tp:.2f} | {t2 / tp:.2f} | {fb / bw * 1e3:.3f} |")
+    log(f"| bidirectional scan op B={b} D={d} L={l} | fwd+bwd | {tfb:.3f} | {t2b:.3f} | {tpb:.3f} | {tfb / tpb:.2f} | {t2b / tpb:.2f} | {(fbb + 2 * b * d * l * 2) / bw * 1e3:.3f} |")
     del ts
     torch.cuda.empty_cache()
     # the block: our BidirectionalMamba (fused conv + fused bidirectional scan) vs two mamba-ssm Mamba blocks
@@ -444,8 +441,8 @@ def main():
         cfgs[s] = time_shape(s, bw)
         print(f"[{time.time() - t0:.0f} s]", flush=True)
     log("")
-    log("| bidirectional | pass | fused ours | anchor pair | ratio | HBM floor |")
-    log("|---|---|---|---|---|---|")
+    log("| bidirectional | pass | fused ours (old tile kernel) | two of our passes | anchor pair (+flips) | fused/anchor | two passes/anchor | HBM floor |")
+    log("|---|---|---|---|---|---|---|---|")
     time_bidir(bw, cfgs[shapes[0]])
     log("")
     log(f"(total {time.time() - t0:.0f} s)")

@@ -49,6 +49,7 @@ def main() -> int:
         return 2
     from mambaverse.kernels import _conv as KC
     from mambaverse.kernels import _correction as KR
+    from mambaverse.kernels import _rows as KW
     from mambaverse.kernels import _scan as KS
 
     bf = {"u_ptr", "dt_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "dout_ptr", "du_ptr", "ddt_ptr", "dz_ptr",
@@ -72,6 +73,17 @@ def main() -> int:
                                                       BLOCK_N=16, BLOCK_L=blf), wf))
     cases.append(("seg_bwd", KS._seg_bwd_kernel, dict(MODE=0, REV=False, HAS_Z=True, HAS_DB=True, SOFTPLUS=True,
                                                       BLOCK_D=bdb, BLOCK_N=16, BLOCK_L=blb), wb))
+    configs = [KW._CONFIG["fwd"], KW._CONFIG["bwd"]] + [(1, 512, 4), (2, 1024, 4), (4, 512, 4), (1, 2048, 8)]
+    if len(sys.argv) > 1 and sys.argv[1] == "--rows-only":
+        cases = []
+    for i, (bd, bl, w) in enumerate(dict.fromkeys(configs)):
+        for rev in (False, True) if i == 0 else (False,):
+            cases.append((f"rows_fwd rev={rev} {bd},{bl},{w}", KW._rows_fwd_kernel,
+                          dict(opts, **fwd, REV=rev, BLOCK_D=bd, BLOCK_L=bl), w))
+            cases.append((f"rows_bwd rev={rev} {bd},{bl},{w}", KW._rows_bwd_kernel,
+                          dict(opts, **bwd, REV=rev, BLOCK_D=bd, BLOCK_L=bl), w))
+    if len(sys.argv) > 1 and sys.argv[1] == "--rows-only":
+        cases_done = cases
     conv = dict(K=4, REV=False, HAS_BIAS=True, HAS_S0=True, SILU=True, BLOCK_D=KC._BLOCK_D, BLOCK_L=KC._BLOCK_L)
     cases.append(("conv_fwd", KC._conv_fwd_kernel, conv, 4))
     cases.append(("conv_bwd_dpre", KC._conv_bwd_dpre_kernel, conv, 4))
@@ -81,6 +93,8 @@ def main() -> int:
     for rev in (False, True):
         cases.append((f"correction_fwd rev={rev}", KR._corr_fwd_kernel, dict(corr, REV=rev, BLOCK_D=rdf, BLOCK_L=rlf), rwf))
         cases.append((f"correction_bwd rev={rev}", KR._corr_bwd_kernel, dict(corr, REV=rev, BLOCK_D=rdb, BLOCK_L=rlb), rwb))
+    if len(sys.argv) > 1 and sys.argv[1] == "--rows-only":
+        cases = cases_done
     failed = 0
     for name, fn, consts, warps in cases:
         try:

@@ -8,6 +8,7 @@ import os
 
 import torch
 
+from ._rows import _RowsFn
 from ._scan import _needs_grad, _ScanFn, _ScanSpec
 
 
@@ -27,14 +28,16 @@ def _grouped(t: torch.Tensor) -> torch.Tensor:
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                           initial_state=None, return_final_state=False, reverse=False):
-    """Mamba-1 selective scan on Triton; same contract as ``mambaverse.ops.selective_scan``."""
+    """Mamba-1 selective scan on Triton (the row-layout kernels of ``_rows.py``); same contract as
+    ``mambaverse.ops.selective_scan``: u, delta, z (b, d, l); A (d, n); B, C (b, n, l) or (b, g, n, l);
+    D, delta_bias (d,); initial_state (b, d, n). Returns out (b, d, l) in u's dtype [, final state (b, d, n)
+    fp32]."""
     check_device("selective_scan_triton", u)
-    h0 = None if initial_state is None else initial_state.float().contiguous().unsqueeze(0)
-    spec = _ScanSpec(1, 0, rev=bool(reverse), softplus=bool(delta_softplus), want_final=bool(return_final_state),
-                     need_ck=_needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state))
-    out, hT = _ScanFn.apply(spec, u, delta, A, _grouped(B), _grouped(C), D, z, delta_bias, h0)
-    out = out[0]
-    return (out, hT[0]) if return_final_state else out
+    h0 = None if initial_state is None else initial_state.float()
+    need_ck = _needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    out, hT = _RowsFn.apply(bool(reverse), bool(delta_softplus), bool(return_final_state), need_ck,
+                            u, delta, A, _grouped(B), _grouped(C), D, z, delta_bias, h0)
+    return (out, hT) if return_final_state else out
 
 
 # ----------------------------------------------------------------------------- bidirectional

@@ -22,7 +22,8 @@ from mambaverse.ops import available_backends, causal_conv1d, cross_selective_sc
 from mambaverse.ops.dispatch import select  # noqa: E402
 from mambaverse import kernels  # noqa: E402
 from mambaverse.kernels import (bidirectional_scan_triton, causal_conv1d_triton,  # noqa: E402
-                                cross_selective_scan_triton, selective_scan_triton, set_config)
+                                cross_selective_scan_triton, selective_scan_triton, set_config,
+                                set_rows_config)
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="CPU kernel tests need TRITON_INTERPRET=1 before triton is imported")
@@ -33,9 +34,13 @@ TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 @pytest.fixture(autouse=True)
 def tiny_blocks():
     # fwd chunk 8, checkpoint every 16 steps, no sequence-parallel split unless a test asks for it
+    # row-layout plain scan: fwd chunk 8 and checkpoint every 16 steps, two channels per program (so the
+    # channel sums before dB/dC's atomics are exercised)
     old = set_config(fwd=(4, 8, 4), bwd=(4, 16, 4), seq_target=0)
+    old_rows = set_rows_config(fwd=(2, 8, 4), bwd=(2, 16, 4))
     yield
     set_config(**old)
+    set_rows_config(**old_rows)
 
 
 def rel(a, b):
@@ -164,11 +169,10 @@ def test_scan_chunked_state_continues():
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-def test_scan_sequence_parallel_segments(reverse):
-    # few programs -> the sequence is cut into segments scanned in parallel, joined through
-    # (end state, sum dt) in the forward and (adjoint, sum dt) in the backward
-    set_config(seq_target=64)
-    check_scan(b=1, d=4, l=150, use_h0=True, final=True, reverse=reverse, seed=13)
+def test_scan_many_chunks_one_channel_per_program(reverse):
+    # 19 forward chunks, 10 checkpoints; one channel per program (the GPU default) and a partial last chunk
+    set_rows_config(fwd=(1, 8, 4), bwd=(1, 16, 4))
+    check_scan(b=1, d=3, l=150, use_h0=True, final=True, reverse=reverse, seed=13)
 
 
 def test_bidirectional_and_cross_sequence_parallel():
