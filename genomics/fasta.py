@@ -6,16 +6,19 @@ the file (and the record, where there is one) and says what was expected.
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import hashlib
 import lzma
 import os
 import re
-import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyfaidx
+
+from mambaverse.atomic import atomic_write
 
 from .errors import GenomicsDataError
 
@@ -54,15 +57,19 @@ def _cache_key(path: Path) -> str:
     return f"{name}.{h}"
 
 
-def _atomic_target(final: Path):
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST}
+
+
+def _cache_write(final: Path, write) -> None:
+    """``write(tmp)`` into the cache through ``mambaverse.atomic.atomic_write`` (a temporary beside ``final``, mode
+    per the umask, then a rename); a cache folder that cannot be created or written is a one-line error."""
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=final.name + ".", suffix=".tmp", dir=final.parent)
+        atomic_write(final, write)
     except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
         raise GenomicsDataError(f"cache_dir: cannot write to {final.parent} ({exc.strerror or exc}); set cache_dir "
                                 f"(or $MAMBAVERSE_CACHE) to a writable folder") from None
-    os.close(fd)
-    return Path(tmp)
 
 
 def _clean_stream(fin, fout) -> None:
@@ -105,18 +112,19 @@ def _needs_cleaning(path: Path) -> bool:
 
 
 def _decompress(src: Path, kind: str | None, dest: Path) -> None:
-    """Stream-decompress (``kind`` None: copy) and clean ``src`` into ``dest`` through a temporary file and a rename."""
-    tmp = _atomic_target(dest)
-    try:
-        with (_OPENERS[kind] if kind else open)(src, "rb") as fin, open(tmp, "wb") as fout:
-            _clean_stream(fin, fout)
-        os.replace(tmp, dest)
-    except (OSError, EOFError, lzma.LZMAError) as exc:
-        tmp.unlink(missing_ok=True)
-        raise GenomicsDataError(f"{src}: cannot decompress this {kind} file ({exc}); expected a valid {kind} FASTA") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Stream-decompress (``kind`` None: copy) and clean ``src`` into ``dest`` atomically (:func:`_cache_write`)."""
+    def write(tmp: Path) -> None:
+        try:
+            with (_OPENERS[kind] if kind else open)(src, "rb") as fin, open(tmp, "wb") as fout:
+                _clean_stream(fin, fout)
+        except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
+            if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:  # the cache's side: full, read-only, ...
+                raise GenomicsDataError(f"cache_dir: cannot write to {dest.parent} ({exc.strerror or exc}); set "
+                                        f"cache_dir (or $MAMBAVERSE_CACHE) to a writable folder") from None
+            raise GenomicsDataError(f"{src}: cannot decompress this {kind or 'plain'} file ({exc}); expected a valid "
+                                    f"{kind or 'plain'} FASTA") from None
+
+    _cache_write(dest, write)
 
 
 def _check_looks_like_fasta(path: Path, shown: Path) -> None:
@@ -248,17 +256,16 @@ def prepare_fasta(path: str | os.PathLike, label: str = "", cache_dir: str | os.
         fasta = src
     _check_looks_like_fasta(fasta, shown)
     if not index.exists():
-        tmp = _atomic_target(index)
-        tmp.unlink()
-        try:
-            pyfaidx.Faidx(str(fasta), indexname=str(tmp), rebuild=True, build_index=True).close()
-        except pyfaidx.FastaIndexingError as exc:
-            tmp.unlink(missing_ok=True)
-            raise GenomicsDataError(f"{shown}: cannot index this FASTA ({' '.join(str(exc).split())})") from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            tmp.unlink(missing_ok=True)
-            raise GenomicsDataError(f"{shown}: cannot index this FASTA ({' '.join(str(exc).split())}); expected a text FASTA file") from None
-        os.replace(tmp, index)
+        def build(tmp: Path) -> None:
+            try:
+                pyfaidx.Faidx(str(fasta), indexname=str(tmp), rebuild=True, build_index=True).close()
+            except pyfaidx.FastaIndexingError as exc:
+                raise GenomicsDataError(f"{shown}: cannot index this FASTA ({' '.join(str(exc).split())})") from None
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise GenomicsDataError(f"{shown}: cannot index this FASTA ({' '.join(str(exc).split())}); "
+                                        f"expected a text FASTA file") from None
+
+        _cache_write(index, build)
     records = _check_index(fasta, index, shown)
     for name, length in records:
         if length == 0:

@@ -133,10 +133,20 @@ def test_outputs_follow_the_umask(tmp_path, mask):
         atomic_write_bytes(tmp_path / "plot.png", b"\x89PNG")
         from mambaverse.training import AtomicCheckpointIO
         AtomicCheckpointIO().save_checkpoint({"a": 1}, tmp_path / "c" / "last.ckpt")
+        # the FASTA cache: a decompressed, cleaned copy and its index
+        import gzip
+
+        from mambaverse.genomics.fasta import prepare_fasta
+        (tmp_path / "in").mkdir()
+        with gzip.open(tmp_path / "in" / "x.fa.gz", "wt") as fh:
+            fh.write(">r\nACGT \nACGT\n")
+        src = prepare_fasta(tmp_path / "in" / "x.fa.gz", cache_dir=tmp_path / "fa_cache")
     finally:
         os.umask(old)
+    assert src.records == [("r", 8)]
+    (tmp_path / "in" / "x.fa.gz").unlink()
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert len(files) == 7
+    assert len(files) == 9
     for p in files:
         assert p.stat().st_mode & 0o777 == 0o666 & ~mask, p
     assert (tmp_path / "m").stat().st_mode & 0o777 == 0o777 & ~mask
