@@ -161,8 +161,14 @@ def check_model_matches(model, path) -> None:
                           f"({'; '.join(parts)}); use the config it was trained with")
 
 
-# model arguments that may differ between a checkpoint and the config that tests or resumes it
-_RUN_ONLY_HPARAMS = {"pretrained_ckpt", "pretrained_allow_partial"}
+# Model arguments that change how a model is optimised, regularised or where it writes, never which weights it has:
+# a run resumed or evaluated from a checkpoint may give other values (the config's are used; for fit, the restored
+# optimiser takes them too: mambaverse.training.fault_tolerance). Any other model argument is the architecture.
+RUN_ONLY_HPARAMS = frozenset({
+    "lr", "weight_decay", "betas", "eps", "warmup_steps", "min_lr_ratio", "label_smoothing", "dropout",
+    "decoder_dropout", "mask_prob", "grad_checkpointing", "output_dir", "overlay_count", "class_names",
+    "pretrained_ckpt", "pretrained_allow_partial"})
+_RUN_ONLY_HPARAMS = RUN_ONLY_HPARAMS  # the old private name
 
 
 def _plain(value):
@@ -174,34 +180,44 @@ def _plain(value):
     return value
 
 
-def check_config_matches(model_cfg, path) -> None:
-    """Raise a one-line ConfigError naming every model argument whose config value differs from the checkpoint's
-    saved hyperparameter (LightningCLI would otherwise quietly run the checkpoint's model, outputs included)."""
+def check_config_matches(model_cfg, path) -> dict:
+    """Compare the config's model with the checkpoint's saved hyperparameters (LightningCLI would otherwise quietly
+    build the checkpoint's model and use its output folder).
+
+    Returns ``{key: config value}`` of the :data:`RUN_ONLY_HPARAMS` that differ (lr, warmup_steps, output_dir, ...),
+    which the run may change. Raises a one-line ConfigError naming every other (architecture) argument that
+    differs, with both values, and a model class that differs.
+    """
     import torch
 
     from .errors import ConfigError
 
     if model_cfg is None:
-        return
+        return {}
     p = os.path.expanduser(str(path))
     ckpt = torch.load(p, weights_only=True, map_location="cpu", mmap=zipfile.is_zipfile(p))
     saved = ckpt.get("hyper_parameters") or {}
     if not saved:
-        return
+        return {}
     cfg = _plain(model_cfg)
-    diffs = []
+    diffs, run_only = [], {}
     saved_class = saved.get("_class_path")
     if saved_class and cfg.get("class_path") and saved_class != cfg["class_path"]:
         diffs.append(f"class_path: {saved_class} in the checkpoint vs {cfg['class_path']} in the config")
     args = cfg.get("init_args") or {}
     for key, value in _plain(saved).items():
-        if key in _RUN_ONLY_HPARAMS or key not in args:
+        if key.startswith("_") or key not in args:
             continue
         if args[key] != value and not (args[key] in (None, {}, []) and value in (None, {}, [])):
-            diffs.append(f"{key}: {value!r} in the checkpoint vs {args[key]!r} in the config")
+            if key in RUN_ONLY_HPARAMS:
+                run_only[key] = args[key]
+            else:
+                diffs.append(f"{key}: {value!r} in the checkpoint vs {args[key]!r} in the config")
     if diffs:
-        raise ConfigError(f"ckpt_path: {path} was trained with other model arguments than the config gives "
-                          f"({'; '.join(diffs)}); use the config the checkpoint was trained with")
+        raise ConfigError(f"ckpt_path: {path} was trained with another architecture than the config gives "
+                          f"({'; '.join(diffs)}); use the config the checkpoint was trained with (only optimiser and "
+                          f"output arguments such as lr, warmup_steps, weight_decay, output_dir may differ)")
+    return run_only
 
 
 def _check_writable(path, key: str) -> None:
@@ -269,10 +285,20 @@ def main(argv=None):
             # config's model arguments with the checkpoint's: check the file, and refuse a model that differs.
             sub = self.config.get("subcommand")
             ckpt = self.config[sub].get("ckpt_path") if sub else None
+            changed = {}
             if ckpt:
                 check_ckpt_path(ckpt)
-                check_config_matches(self.config[sub].get("model"), ckpt)
+                changed = check_config_matches(self.config[sub].get("model"), ckpt)
             super()._parse_ckpt_path()
+            if changed:  # the config's optimiser/output arguments win over the checkpoint's
+                model = self.config[sub]["model"]
+                args = model.get("init_args")
+                if args is None:
+                    args = model.get("dict_kwargs")
+                for key, value in changed.items():
+                    args[key] = value
+                print(f"mambaverse {sub}: from {ckpt} with the config's " + ", ".join(
+                    f"{k}={v!r}" for k, v in changed.items()) + " (the checkpoint's differ)", file=sys.stderr)
 
         def _check_run(self, subcommand):
             cfg = self.config.get(subcommand, {})

@@ -68,3 +68,38 @@ def test_cli_help_names_the_subcommands():
     assert done.returncode == 0
     for word in ("fit", "validate", "test", "predict", "mambaverse models"):
         assert word in done.stdout
+
+
+@pytest.mark.skipif(not REFS.is_dir(), reason="needs Debian package ragout-examples (make test installs it)")
+def test_fit_resume_takes_a_new_lr_and_refuses_a_new_architecture(tmp_path, capsys):
+    """`fit --ckpt_path` with optimiser settings changed (lr, weight_decay, max_steps) resumes with them: the saved
+    hyperparameters, the optimiser's param groups and the schedule's base all hold the new values. A changed
+    architecture argument is a one-line error naming the key and both values."""
+    import torch
+
+    ck = tmp_path / "ck"
+    config = small_config(tmp_path, **{
+        "trainer.max_steps": 2, "trainer.enable_checkpointing": True, "model.init_args.lr": 2e-3,
+        "trainer.callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                               "init_args": {"dirpath": str(ck), "save_last": True}}]})
+    assert main(["fit", "--config", str(config)]) == 0
+    before = torch.load(ck / "last.ckpt", weights_only=True)
+    assert before["global_step"] == 2
+    old_group = before["optimizer_states"][0]["param_groups"][0]
+    assert old_group["initial_lr"] == 2e-3
+    capsys.readouterr()
+    assert main(["fit", "--config", str(config), "--trainer.max_steps", "3", "--model.init_args.lr", "5e-4",
+                 "--model.init_args.weight_decay", "0.1", "--ckpt_path", str(ck / "last.ckpt")]) == 0
+    assert "the config's lr=0.0005, weight_decay=0.1" in capsys.readouterr().err
+    after = torch.load(ck / "last.ckpt", weights_only=True)
+    assert after["global_step"] == 3 and after["hyper_parameters"]["lr"] == 5e-4
+    group = after["optimizer_states"][0]["param_groups"][0]
+    assert group["initial_lr"] == 5e-4 and group["weight_decay"] == 0.1
+    assert after["lr_schedulers"][0]["base_lrs"] == [5e-4] * len(after["optimizer_states"][0]["param_groups"])
+    # the schedule's position is kept (still warming up, one step further), its base is the new lr
+    assert old_group["lr"] / 2e-3 < group["lr"] / 5e-4 < 1
+    # an architecture argument
+    assert main(["fit", "--config", str(config), "--model.init_args.patch_size", "8",
+                 "--ckpt_path", str(ck / "last.ckpt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "patch_size: 4 in the checkpoint vs 8 in the config" in err

@@ -9,6 +9,10 @@
     when training resumes, so that dropout, masking and any other draw continue as in an uninterrupted run
     (Lightning restores weights, optimizer, schedulers and loop counters; the data's position is the
     datamodule's part, e.g. ``FastaDataModule.state_dict``);
+  - when a fit resumes with other optimiser settings than the checkpoint's (``lr``, ``weight_decay``, ``betas``,
+    ... in the config; ``mambaverse fit`` lets those differ, not the architecture), gives them to the restored
+    optimiser: Lightning restores the optimiser's param groups, which would silently keep the old values. A new
+    base ``lr`` scales the restored (scheduled) one and the schedulers' ``base_lrs``;
   - at the end of a fit, makes ``last.ckpt`` (when a ModelCheckpoint asks for one) hold the final state;
   - on SIGTERM (a scheduler's pre-emption or time limit, ``kill``), Lightning finishes the current step and
     stops; this callback then writes a resumable ``last.ckpt`` into the ModelCheckpoint folder (or
@@ -69,6 +73,37 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_GROUP_KEYS = ("weight_decay", "betas", "eps", "momentum", "dampening", "nesterov", "amsgrad")
+
+
+def _apply_config_hparams(trainer: pl.Trainer, fresh: list) -> dict:
+    """Give the restored optimisers the settings the config built (``fresh``: their param groups before the
+    restore) where they differ; returns ``{"lr": (old, new), ...}``."""
+    changed: dict = {}
+    for opt, groups in zip(trainer.optimizers, fresh):
+        if len(opt.param_groups) != len(groups):
+            continue  # another parameter grouping: the checkpoint's optimiser is not this one
+        for g, f in zip(opt.param_groups, groups):
+            base = "initial_lr" if "initial_lr" in f and "initial_lr" in g else "lr"
+            if f.get(base) is not None and g.get(base) and f[base] != g[base]:
+                changed["lr"] = (g[base], f[base])
+                if base == "initial_lr":  # a schedule's multiplier stays; its base changes
+                    g["lr"] = g["lr"] * f[base] / g[base]
+                g[base] = f[base]
+            for key in _GROUP_KEYS:
+                if key in f and key in g and f[key] != g[key]:
+                    changed[key] = (g[key], f[key])
+                    g[key] = f[key]
+    if "lr" in changed:
+        for config in trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            groups = sched.optimizer.param_groups
+            if hasattr(sched, "base_lrs") and all("initial_lr" in g for g in groups):
+                sched.base_lrs = [g["initial_lr"] for g in groups]
+                sched._last_lr = [g["lr"] for g in groups]
+    return changed
+
+
 def last_checkpoint_path(trainer: pl.Trainer) -> Path:
     """Where a resumable checkpoint goes: ``last.ckpt`` (ModelCheckpoint's name for it) in the folder of the
     trainer's first ModelCheckpoint, else ``<default_root_dir>/checkpoints``."""
@@ -86,7 +121,9 @@ class FaultTolerance(pl.Callback):
     def __init__(self):
         super().__init__()
         self._restore: dict | None = None
+        self._fresh_groups: list | None = None
         self.saved_on_sigterm: Path | None = None
+        self.changed_on_resume: dict = {}
 
     def state_dict(self) -> dict:
         return {"rng": _rng_state()}
@@ -94,11 +131,19 @@ class FaultTolerance(pl.Callback):
     def load_state_dict(self, state: dict) -> None:
         self._restore = state.get("rng")
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # the optimisers as the config builds them, before Lightning restores a checkpoint's param groups
+        self._fresh_groups = [[{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+                              for opt in trainer.optimizers]
+
     def on_train_start(self, trainer, pl_module) -> None:
         # the latest point before the first resumed step: model set-up and the sanity check are behind us
         if self._restore is not None:
             _set_rng_state(self._restore)
             self._restore = None
+        if self._fresh_groups is not None and trainer.ckpt_path:
+            self.changed_on_resume = _apply_config_hparams(trainer, self._fresh_groups)
+        self._fresh_groups = None
 
     def on_train_end(self, trainer, pl_module) -> None:
         # Lightning (2.6) refreshes a monitoring ModelCheckpoint's last.ckpt only when it also writes a top-k
