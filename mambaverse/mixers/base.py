@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError, ShapeError
+from .layout import LAYOUTS, project_in, project_out, use_channels
 from .state import MixerState
 
 
@@ -20,6 +21,10 @@ class SSMDirections(nn.Module):
 
     Subclasses set ``directions`` and implement ``_parts(reverse) -> (in_proj, ssm)`` and ``direction``;
     ``transfer`` and ``conv_state_from`` of the state API (``mambaverse.mixers.state``) follow from them.
+
+    ``layout`` (attribute): "auto" (default) runs the block channel-major on CUDA, with no transposes
+    between in_proj, conv, scan, gate and out_proj (``mambaverse.mixers.layout``), and in nn.Linear's
+    (B, L, ·) rows elsewhere; "channels" / "rows" force one (the two give the same result up to rounding).
     """
 
     carries_state = True
@@ -28,6 +33,28 @@ class SSMDirections(nn.Module):
     d_model: int
     d_inner: int
     backend: str
+    layout: str = "auto"
+
+    def _channels(self, hidden) -> bool:
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"{type(self).__name__}: layout={self.layout!r}; expected one of {LAYOUTS}")
+        return use_channels(self.layout, hidden)
+
+    def _xz(self, hidden, proj, d_inner, channels, with_z=True):
+        """in_proj(hidden) as x, z (B, d_inner, L): channel-major GEMMs, or nn.Linear then a transpose view."""
+        if channels:
+            parts = project_in(hidden, proj.weight, proj.bias, (d_inner, d_inner) if with_z else (d_inner,))
+            return (parts[0], parts[1]) if with_z else (parts[0], None)
+        if not with_z:
+            return F.linear(hidden, proj.weight[:d_inner],
+                            None if proj.bias is None else proj.bias[:d_inner]).transpose(1, 2), None
+        x, z = proj(hidden).transpose(1, 2).chunk(2, dim=1)
+        return x, z
+
+    @staticmethod
+    def _project_out(y, weight, bias=None, channels=False):
+        """y (B, d_inner, L) -> (B, L, d_model) through out_proj's weight (and bias), in y's layout."""
+        return project_out(y, weight, bias, channels)
 
     def _parts(self, reverse: bool):
         raise NotImplementedError
@@ -46,13 +73,12 @@ class SSMDirections(nn.Module):
         self._check_direction(reverse)
         check_hidden(hidden, self.d_model, type(self).__name__)
         proj, ssm = self._parts(reverse)
-        d = ssm.d_inner
-        return F.linear(hidden, proj.weight[:d], None if proj.bias is None else proj.bias[:d]).transpose(1, 2), ssm
+        return self._xz(hidden, proj, ssm.d_inner, self._channels(hidden), with_z=False)[0], ssm
 
     def transfer(self, hidden, reverse: bool = False, initial_state=None):
         """hidden (B, L, d_model) -> (decay (B, d_inner, d_state) fp32, MixerState leaving); no outputs computed."""
         x, ssm = self._x(hidden, reverse)
-        return ssm.transfer(x, initial_state, self.backend)
+        return ssm.transfer(x, initial_state, self.backend, self._channels(hidden))
 
     def state_contribution(self, hidden, h_in, reverse: bool = False, conv_state=None, decay_in=None):
         """What ``direction(hidden, reverse, MixerState(conv_state, s))`` gains when the SSM state entering is
@@ -62,9 +88,10 @@ class SSMDirections(nn.Module):
         self._check_direction(reverse)
         check_hidden(hidden, self.d_model, type(self).__name__)
         proj, ssm = self._parts(reverse)
-        x, z = proj(hidden).transpose(1, 2).chunk(2, dim=1)
-        corr = ssm.correction(x, z, h_in, conv_state, self.backend, decay_in)
-        return F.linear(corr.transpose(1, 2), self._out_weight(reverse))
+        channels = self._channels(hidden)
+        x, z = self._xz(hidden, proj, ssm.d_inner, channels)
+        corr = ssm.correction(x, z, h_in, conv_state, self.backend, decay_in, channels)
+        return self._project_out(corr, self._out_weight(reverse), None, channels)
 
     @property
     def conv_context(self) -> int:

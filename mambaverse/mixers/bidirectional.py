@@ -4,7 +4,6 @@ from __future__ import annotations
 import warnings
 
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..ops import bidirectional_scan, selective_scan
@@ -99,16 +98,18 @@ class BidirectionalMamba(SSMDirections):
         segment's total decay (B, d_inner, d_state) fp32 (see ``mixers.state``)."""
         check_hidden(hidden, self.d_model, "BidirectionalMamba")
         proj, ssm = self._parts(reverse)
-        x, z = proj(hidden).transpose(1, 2).chunk(2, dim=1)
-        out = ssm(x, z, initial_state, return_final_state, self.backend, return_decay)
+        channels = self._channels(hidden)
+        x, z = self._xz(hidden, proj, self.d_inner, channels)
+        out = ssm(x, z, initial_state, return_final_state, self.backend, return_decay, channels)
         rest = out[1:] if (return_final_state or return_decay) else ()
-        y = (out[0] if rest else out).transpose(1, 2)
+        y = out[0] if rest else out
         if not self.tie_projections:
-            y = (self.out_proj_rev if reverse else self.out_proj)(y)
+            out_proj = self.out_proj_rev if reverse else self.out_proj
+            y = self._project_out(y, out_proj.weight, out_proj.bias, channels)
         elif self.combine_mode == "add":
-            y = F.linear(y, self.out_proj.weight, None if reverse else self.out_proj.bias)
+            y = self._project_out(y, self.out_proj.weight, None if reverse else self.out_proj.bias, channels)
         else:
-            y = self.out_proj(y)
+            y = self._project_out(y, self.out_proj.weight, self.out_proj.bias, channels)
         return (y, *rest) if rest else y
 
     @property
@@ -136,21 +137,24 @@ class BidirectionalMamba(SSMDirections):
                 return self.combine(f[0], r[0]), (f[1], r[1])
             return self.combine(f, r)
         check_hidden(hidden, self.d_model, "BidirectionalMamba")
-        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)
-        fwd, _ = self.ssm_fwd.scan_args(x)
+        channels = self._channels(hidden)
+        x, z = self._xz(hidden, self.in_proj, self.d_inner, channels)
+        fwd, _ = self.ssm_fwd.scan_args(x, backend=self.backend, channels=channels)
+        W, bias = self.out_proj.weight, self.out_proj.bias
         if self.tie_projections:  # one gate for both directions: a single fused bidirectional scan
-            rev, _ = self.ssm_rev.scan_args(x)
+            rev, _ = self.ssm_rev.scan_args(x, backend=self.backend, channels=channels)
             # "multiply" happens after out_proj, so the op returns both directions ("stack") for it
             mode = "add" if self.combine_mode == "add" else "stack"
             pair = {k: (fwd[k], rev[k]) for k in fwd}
             y = bidirectional_scan(**pair, z=z, delta_softplus=True, combine=mode, backend=self.backend)
             if mode == "add":
-                y = self.out_proj(y.transpose(1, 2))
+                y = self._project_out(y, W, bias, channels)
                 return 0.5 * y if self.variant == "vim_v2" else y
-            return self.out_proj(y[0].transpose(1, 2)) * self.out_proj(y[1].transpose(1, 2))
-        x_r, z_r = self.in_proj_rev(hidden).transpose(1, 2).chunk(2, dim=1)
-        rev, _ = self.ssm_rev.scan_args(x_r)
-        y_f = self.out_proj(selective_scan(**fwd, z=z, delta_softplus=True, backend=self.backend).transpose(1, 2))
-        y_r = self.out_proj_rev(selective_scan(**rev, z=z_r, delta_softplus=True, reverse=True,
-                                               backend=self.backend).transpose(1, 2))
+            return self._project_out(y[0], W, bias, channels) * self._project_out(y[1], W, bias, channels)
+        x_r, z_r = self._xz(hidden, self.in_proj_rev, self.d_inner, channels)
+        rev, _ = self.ssm_rev.scan_args(x_r, backend=self.backend, channels=channels)
+        y_f = self._project_out(selective_scan(**fwd, z=z, delta_softplus=True, backend=self.backend), W, bias,
+                                channels)
+        y_r = self._project_out(selective_scan(**rev, z=z_r, delta_softplus=True, reverse=True, backend=self.backend),
+                                self.out_proj_rev.weight, self.out_proj_rev.bias, channels)
         return self.combine(y_f, y_r)

@@ -23,7 +23,9 @@ class Mamba(SSMDirections):
         conv_bias: bias on the conv.
         backend: the ops backend ("auto", "naive", "torch", "triton", "mamba_ssm").
 
-    Carries state (``mambaverse.mixers.state``): one forward direction.
+    Carries state (``mambaverse.mixers.state``): one forward direction. On CUDA the block runs channel-major
+    (``mambaverse.mixers.layout``): no layout copies or transposes between in_proj, conv, scan, gate and
+    out_proj, bf16 GEMMs under autocast; ``layout`` (attribute) overrides that.
     Raises ShapeError for an input that is not (B, L, d_model).
     """
 
@@ -54,11 +56,12 @@ class Mamba(SSMDirections):
         also returns the segment's total decay (B, d_inner, d_state) fp32 (see ``mixers.state``)."""
         self._check_direction(reverse)
         check_hidden(hidden, self.d_model, "Mamba")
-        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)
-        out = self.ssm(x, z, initial_state, return_final_state, self.backend, return_decay)
+        channels = self._channels(hidden)
+        x, z = self._xz(hidden, self.in_proj, self.d_inner, channels)
+        out = self.ssm(x, z, initial_state, return_final_state, self.backend, return_decay, channels)
         if not (return_final_state or return_decay):
-            return self.out_proj(out.transpose(1, 2))
-        return (self.out_proj(out[0].transpose(1, 2)), *out[1:])
+            return self._project_out(out, self.out_proj.weight, self.out_proj.bias, channels)
+        return (self._project_out(out[0], self.out_proj.weight, self.out_proj.bias, channels), *out[1:])
 
     def allocate_cache(self, batch: int, device=None, dtype=torch.float32) -> MambaCache:
         """A zeroed decoding cache: conv (batch, d_inner, d_conv-1), ssm (batch, d_inner, d_state) fp32."""

@@ -13,7 +13,9 @@ from ..ops import causal_conv1d, causal_conv1d_step
 from ..ops.ssd import ssd_scan
 from .base import check_hidden
 from .defaults import CHUNK_SIZE, D_CONV, D_STATE_MAMBA2, EXPAND, HEADDIM
+from .layout import LAYOUTS, project_rows, use_channels
 from .norm import RMSNorm
+from .ssm import conv_backend
 
 
 class Mamba2(nn.Module):
@@ -42,6 +44,10 @@ class Mamba2(nn.Module):
 
     carries_state = False
     directions = (False,)
+    #: "auto": on CUDA, in_proj as one GEMM per part (z, xBC, dt), so the conv reads and writes xBC
+    #: channel-last in place and x, B, C reach the SSD scan as views; "channels" forces that, "rows" the
+    #: single nn.Linear (the CPU default).
+    layout: str = "auto"
 
     def __init__(self, d_model: int, d_state: int = D_STATE_MAMBA2, d_conv: int = D_CONV, expand: int = EXPAND,
                  headdim: int = HEADDIM, ngroups: int = 1, chunk_size: int = CHUNK_SIZE, dt_min: float = 1e-3,
@@ -72,8 +78,15 @@ class Mamba2(nn.Module):
     def forward(self, hidden):
         check_hidden(hidden, self.d_model, "Mamba2")
         b, l, _ = hidden.shape
-        z, xBC, dt = torch.split(self.in_proj(hidden), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
-        xBC = causal_conv1d(xBC.transpose(1, 2), self.conv_weight, self.conv_bias, "silu").transpose(1, 2)
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"Mamba2: layout={self.layout!r}; expected one of {LAYOUTS}")
+        splits = [self.d_inner, self.conv_dim, self.nheads]
+        if use_channels(self.layout, hidden):
+            z, xBC, dt = project_rows(hidden, self.in_proj.weight, self.in_proj.bias, splits)
+        else:
+            z, xBC, dt = torch.split(self.in_proj(hidden), splits, dim=-1)
+        xBC = causal_conv1d(xBC.transpose(1, 2), self.conv_weight, self.conv_bias, "silu",
+                            backend=conv_backend(self.backend)).transpose(1, 2)
         x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         y = ssd_scan(x.reshape(b, l, self.nheads, self.headdim), F.softplus(dt + self.dt_bias),
                      -torch.exp(self.A_log.float()), B.reshape(b, l, self.ngroups, self.d_state),

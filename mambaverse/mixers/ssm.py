@@ -10,7 +10,14 @@ import torch.nn.functional as F
 from ..cache import MambaCache
 from ..ops import causal_conv1d, causal_conv1d_step, selective_scan, state_correction
 from .defaults import D_CONV, D_STATE
+from .layout import as_sequence, gemm_operand, rows_of
 from .state import MixerState, as_state
+
+
+def conv_backend(backend: str) -> str:
+    """The causal_conv1d backend for a block's scan ``backend``: our Triton conv beside the Triton scan, else
+    auto (the causal-conv1d package or Triton on CUDA, torch on CPU)."""
+    return "triton" if backend == "triton" else "auto"
 
 
 class SelectiveSSM(nn.Module):
@@ -57,27 +64,41 @@ class SelectiveSSM(nn.Module):
         self.D = nn.Parameter(torch.ones(d_inner))
         self.D._no_weight_decay = True
 
-    def scan_args(self, x, conv_state=None, return_conv_state=False):
-        """Conv + projections for x (B, d_inner, L): (the keyword arguments of selective_scan, conv tail or None)."""
+    def scan_args(self, x, conv_state=None, return_conv_state=False, backend="auto", channels=False):
+        """Conv + projections for x (B, d_inner, L): (the keyword arguments of selective_scan, conv tail or None).
+
+        channels: x is channel-major (``mixers.layout``); u, delta, B, C then come out channel-major too,
+        from GEMMs on (rows, B*L) matrices, with no transposes."""
         conv = causal_conv1d(x, self.conv_weight, self.conv_bias, "silu", reverse=self.reverse,
-                             initial_state=conv_state, return_final_state=return_conv_state)
+                             initial_state=conv_state, return_final_state=return_conv_state,
+                             backend=conv_backend(backend))
         u, conv_tail = conv if return_conv_state else (conv, None)
-        x_dbl = self.x_proj(u.transpose(1, 2))  # (B, L, dt_rank + 2N)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # bias goes in as delta_bias, fused in the scan
-        args = dict(u=u, delta=delta, A=-torch.exp(self.A_log.float()), B=B.transpose(1, 2), C=C.transpose(1, 2),
-                    D=self.D.float(), delta_bias=self.dt_proj.bias.float())
+        if channels:
+            b, _, l = u.shape
+            x_dbl = torch.mm(gemm_operand(self.x_proj.weight), rows_of(u))  # (dt_rank + 2N, B*L)
+            dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=0)
+            delta = as_sequence(torch.mm(gemm_operand(self.dt_proj.weight), dt), b, l)  # bias: in the scan
+            B, C = as_sequence(B, b, l), as_sequence(C, b, l)
+        else:
+            x_dbl = self.x_proj(u.transpose(1, 2))  # (B, L, dt_rank + 2N)
+            dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+            delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # bias goes in as delta_bias, fused in the scan
+            B, C = B.transpose(1, 2), C.transpose(1, 2)
+        args = dict(u=u, delta=delta, A=-torch.exp(self.A_log.float()), B=B, C=C, D=self.D.float(),
+                    delta_bias=self.dt_proj.bias.float())
         return args, conv_tail
 
-    def forward(self, x, z=None, initial_state=None, return_final_state=False, backend="auto", return_decay=False):
+    def forward(self, x, z=None, initial_state=None, return_final_state=False, backend="auto", return_decay=False,
+                channels=False):
         """x, z (B, d_inner, L) -> y (B, d_inner, L) [, MixerState leaving] [, decay].
 
         initial_state: a MixerState / (conv_state (B, d_inner, d_conv-1), ssm_state (B, d_inner, N)) pair,
         entering before position 0 (after position L-1 when ``reverse``); either part may be None (zeros).
         return_decay: also return the segment's total decay prod_t exp(dt_t A), (B, d_inner, N) fp32 (the
-        state API's ``transfer`` decay), computed from the same dt."""
+        state API's ``transfer`` decay), computed from the same dt. channels: x and z are channel-major
+        (``mixers.layout``); no transposes then."""
         conv_state, ssm_state = as_state(initial_state) or (None, None)
-        args, conv_tail = self.scan_args(x, conv_state, return_final_state)
+        args, conv_tail = self.scan_args(x, conv_state, return_final_state, backend, channels)
         out = selective_scan(**args, z=z, delta_softplus=True, initial_state=ssm_state,
                              return_final_state=return_final_state, reverse=self.reverse, backend=backend)
         if return_final_state:
@@ -92,21 +113,21 @@ class SelectiveSSM(nn.Module):
         dt_sum = F.softplus(args["delta"].float() + args["delta_bias"][:, None]).sum(-1)  # (B, d_inner)
         return torch.exp(dt_sum[..., None] * args["A"])
 
-    def correction(self, x, z, h_in, conv_state=None, backend="auto", decay_in=None):
+    def correction(self, x, z, h_in, conv_state=None, backend="auto", decay_in=None, channels=False):
         """What ``forward``'s output gains when the SSM state h_in (B, d_inner, N) enters instead of zeros:
         C_t (prod_{s<=t} dA_s) h_in times silu(z_t) (``mambaverse.ops.state_correction``). x, z (B, d_inner, L)
         and conv_state as given to ``forward``; returns (B, d_inner, L). Linear in h_in. ``decay_in``
         (B, d_inner, N): the state entering is decay_in * h_in (lets the op stop where it underflows)."""
-        args, _ = self.scan_args(x, conv_state)
+        args, _ = self.scan_args(x, conv_state, backend=backend, channels=channels)
         # the correction has its own backends (triton, torch, naive); a scan-only name (mamba_ssm) means auto
         backend = backend if backend in ("triton", "torch", "naive") else "auto"
         return state_correction(args["delta"], args["A"], args["C"], h_in, z=z, delta_bias=args["delta_bias"],
                                 delta_softplus=True, reverse=self.reverse, decay_in=decay_in, backend=backend)
 
-    def transfer(self, x, initial_state=None, backend="auto"):
+    def transfer(self, x, initial_state=None, backend="auto", channels=False):
         """x (B, d_inner, L) -> (decay (B, d_inner, N) fp32, MixerState leaving); see ``mixers.state``."""
         conv_state, ssm_state = as_state(initial_state) or (None, None)
-        args, conv_tail = self.scan_args(x, conv_state, True)
+        args, conv_tail = self.scan_args(x, conv_state, True, backend, channels)
         _, ssm_last = selective_scan(**args, delta_softplus=True, initial_state=ssm_state, return_final_state=True,
                                      reverse=self.reverse, backend=backend)
         return self._decay(args), MixerState(conv_tail, ssm_last)
