@@ -54,11 +54,30 @@ def _run_plugin(ep, argv) -> int:
     return int(status or 0)
 
 
+_MODELS_HELP = "List the named model presets matching a glob PATTERN (default '*')."
+
+
+def _command_help(ep) -> str:
+    """One line about a plugin command (imports it): a module's ``main`` is described by the module's docstring,
+    another function (one command among other code) by its own."""
+    try:
+        command = ep.load()
+    except Exception as err:  # noqa: BLE001 - a broken third-party command must not break --help
+        return f"({ep.value}: cannot be loaded: {type(err).__name__})"
+    module = sys.modules.get(getattr(command, "__module__", ""))
+    docs = [getattr(module, "__doc__", None), command.__doc__]
+    if getattr(command, "__name__", "main") != "main":
+        docs.reverse()
+    doc = next((d.strip() for d in docs if d and d.strip()), "")
+    first = doc.splitlines()[0].replace("``", "") if doc else ""
+    return f"{first} (`mambaverse {ep.name} --help`)" if first else f"`mambaverse {ep.name} --help`"
+
+
 def _models(argv):
     from .registry import get_preset, list_models
 
     if argv and argv[0] in ("-h", "--help"):
-        print("usage: mambaverse models [PATTERN]\n\nList the named model presets matching a glob PATTERN (default '*').")
+        print(f"usage: mambaverse models [PATTERN]\n\n{_MODELS_HELP}")
         return 0
     pattern = argv[0] if argv else "*"
     names = list_models(pattern)
@@ -272,13 +291,19 @@ def main(argv=None):
 
         def init_parser(self, **kwargs):
             parser = super().init_parser(**kwargs)
-            extra = USAGE_EXTRA
-            if commands:
-                extra += f" Other commands (`mambaverse NAME --help`): {', '.join(sorted(commands))}."
-            parser.description = (parser.description or "") + extra
+            parser.description = (parser.description or "") + USAGE_EXTRA
             others = ",".join(["models", *sorted(commands)])
             parser.usage = f"mambaverse [-h] [-c CONFIG] {{fit,validate,test,predict,{others}}} ..."
             return parser
+
+        def _add_subcommands(self, parser, **kwargs):
+            # `models` and the plugin commands, listed with Lightning's own (main() runs them before this parser)
+            super()._add_subcommands(parser, **kwargs)
+            from jsonargparse import ArgumentParser
+
+            action = parser._subcommands_action
+            for name, text in [("models", _MODELS_HELP), *((n, _command_help(commands[n])) for n in sorted(commands))]:
+                action.add_subcommand(name, ArgumentParser(prog=f"mambaverse {name}", description=text), help=text)
 
         def _parse_ckpt_path(self):
             # Lightning would read the checkpoint with a traceback on a bad file, then silently replace the

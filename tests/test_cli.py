@@ -64,10 +64,18 @@ def test_cli_lists_presets(capsys):
 
 
 def test_cli_help_names_the_subcommands():
+    """`mambaverse --help` lists `models` and every declared plugin command as commands, each with a line."""
+    from mambaverse.cli import plugin_commands
+
     done = subprocess.run([sys.executable, "-m", "mambaverse.cli", "--help"], capture_output=True, text=True)
     assert done.returncode == 0
-    for word in ("fit", "validate", "test", "predict", "mambaverse models"):
-        assert word in done.stdout
+    listed = done.stdout.split("Available subcommands:")[1]
+    rows = {line.split()[0]: line for line in listed.splitlines() if line[:4] == "    " and line[4:5].strip()}
+    plugins = set(plugin_commands())
+    assert {"convert", "generate", "audio-data", "audio-metrics", "aal-slices"} <= plugins
+    for name in ("fit", "validate", "test", "predict", "models", *plugins):
+        assert name in rows and len(rows[name].split()) > 2, (name, listed)
+    assert "cannot be loaded" not in listed
 
 
 @pytest.mark.skipif(not REFS.is_dir(), reason="needs Debian package ragout-examples (make test installs it)")

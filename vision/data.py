@@ -769,7 +769,9 @@ class AALSliceDataModule(SegmentationFolderDataModule):
 
 
 def aal_slices_main(argv: list[str] | None = None) -> int:
-    """``mambaverse aal-slices OUT_DIR [--labels lobes|regions] [--axes axial coronal] [--step 2]``."""
+    """Cut AAL-labelled 2D slices of the colin27 brain (mricron-data) into an image/mask folder set.
+
+    ``mambaverse aal-slices OUT_DIR [--labels lobes|regions] [--axes axial coronal] [--step 2]``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="mambaverse aal-slices",
