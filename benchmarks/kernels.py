@@ -379,6 +379,27 @@ def time_bidir(bw, cfg):
     log(f"| BidirectionalMamba block d_model={dm} B=4 L={Lb} (ours: fused conv + fused bidir scan; anchor: 2 mamba-ssm Mamba(use_fast_path=False), flips) | fwd+bwd | {t_ours:.3f} | {t_anchor:.3f} | {t_ours / t_anchor:.2f} | |")
 
 
+def diagnose():
+    """Where the backward's time goes at B=4 D=1536 L=8192: striped vs per-thread dB/dC atomics, and
+    without the atomics at all (wrong dB/dC: timing only)."""
+    b, d, l = (1, 8, 64) if DRY else (4, 1536, 8192)
+    ts = make(b, d, l)
+    seed = torch.randn(b, d, l, device=DEV, dtype=torch.bfloat16)
+    log("| bwd config | striped atomics | per-thread atomics | no atomics (diagnosis) |")
+    log("|---|---|---|---|")
+    for cfg in ([(1, 16, 4)] if DRY else [(1, 512, 4), (1, 256, 2), (1, 512, 2), (1, 1024, 4), (1, 128, 1), (1, 256, 1)]):
+        row = []
+        for striped, atomics in ((True, True), (False, True), (True, False)):
+            set_rows_config(fwd=(1, min(1024, cfg[1]), 4), bwd=cfg, striped=striped, atomics=atomics)
+            row.append(bench(lambda: ours(ts).backward(seed), grad_to_none=ts, rep=60))
+        log(f"| {cfg} | " + " | ".join(f"{t:.3f}" for t in row) + " |")
+    set_rows_config(striped=True, atomics=True)
+    with torch.no_grad():
+        set_rows_config(fwd=(1, 1024, 4))
+        log(f"forward alone (1, 1024, 4): {bench(lambda: ours(ts)):.3f} ms")
+    del ts
+
+
 def copy_bandwidth():
     x = torch.empty(1 << 30, dtype=torch.uint8, device=DEV)
     y = torch.empty_like(x)
@@ -391,6 +412,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results/kernels_h100.md")
     ap.add_argument("--skip-parity", action="store_true")
+    ap.add_argument("--diag", action="store_true", help="only the backward diagnosis table")
     args = ap.parse_args()
     global OUT_PATH
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -409,6 +431,9 @@ def main():
     log(f"- torch {torch.__version__}, triton {triton.__version__}, mamba-ssm {MAMBA_VERSION}, python {sys.version.split()[0]}")
     log(f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}; produced by benchmarks/kernels.py in one run")
     log("- bf16 inputs, fp32 state; B, C shared (b, n, l); z and delta_bias given; softplus; N=16")
+    if args.diag:
+        diagnose()
+        return
     shapes = [(4, 1536, 8192), (1, 512, 1 << 20), (16, 2048, 2048)]
     if DRY:
         shapes = [(1, 8, 40), (1, 4, 64)]

@@ -66,6 +66,20 @@ def _steps(c, offs_l, l, REV: tl.constexpr, BLOCK_L: tl.constexpr):
 
 
 @triton.jit
+def _add_steps(ptr, v, c, l, REV: tl.constexpr, BLOCK_L: tl.constexpr, NT: tl.constexpr, STRIPED: tl.constexpr):
+    """fp32 atomic add of a (BLOCK_L,) step vector at its positions. STRIPED re-lays it out as
+    (BLOCK_L / NT, NT) so that each warp instruction adds 32 consecutive floats (one 128-byte line, the
+    block exchange mamba-ssm does before its atomics) instead of every thread's own run of steps."""
+    if STRIPED:
+        offs = tl.arange(0, BLOCK_L // NT)[:, None] * NT + tl.arange(0, NT)[None, :]
+        ml, p = _steps(c, offs, l, REV, BLOCK_L)
+        tl.atomic_add(ptr + p, tl.reshape(v, (BLOCK_L // NT, NT)), mask=ml)
+    else:
+        ml, p = _steps(c, tl.arange(0, BLOCK_L), l, REV, BLOCK_L)
+        tl.atomic_add(ptr + p, v, mask=ml)
+
+
+@triton.jit
 def _rows_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, h0_ptr, out_ptr, hT_ptr, ck_ptr,
     su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sA_d, sA_n,
@@ -150,6 +164,7 @@ def _rows_bwd_kernel(
     REV: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DB: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    NT: tl.constexpr, STRIPED: tl.constexpr, ATOMICS: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pb = tl.program_id(1).to(tl.int64)
@@ -199,16 +214,14 @@ def _rows_bwd_kernel(
         mld1 = md[:, None] & (ml1 & (offs_l < BLOCK_L - 1))[None, :]
         u = tl.load(u_row + p[None, :] * su_l, mask=mld, other=0.0).to(tl.float32)
         raw = tl.load(dt_row + p[None, :] * sdt_l, mask=mld, other=0.0).to(tl.float32)
-        raw, dt = _dt_of(raw, dbv, mld, HAS_DB, SOFTPLUS)
+        _, dt = _dt_of(raw, dbv, mld, HAS_DB, SOFTPLUS)
         raw1 = tl.load(dt_row + p1[None, :] * sdt_l, mask=mld1, other=0.0).to(tl.float32)
         _, dt1 = _dt_of(raw1, dbv, mld1, HAS_DB, SOFTPLUS)
-        do = tl.load(dout_ptr + dense + p[None, :], mask=mld, other=0.0).to(tl.float32)
+        # dout and z are loaded again for dz after the state loop, so they hold no registers through it
+        dy = tl.load(dout_ptr + dense + p[None, :], mask=mld, other=0.0).to(tl.float32)
         if HAS_Z:
             zz = tl.load(z_row + p[None, :] * sz_l, mask=mld, other=0.0).to(tl.float32)
-            sz = tl.sigmoid(zz)
-            dy = do * zz * sz
-        else:
-            dy = do
+            dy = dy * zz * tl.sigmoid(zz)
         dtu = dt * u
         h0c = tl.load(ck_row + c * d * n, mask=mdn, other=0.0)
         if HAS_D:
@@ -239,14 +252,20 @@ def _rows_bwd_kernel(
             GB = G * Bk[None, :]
             ddt += X * _column(A, offs_n, k)[:, None] + GB * u
             du += GB * dt
-            tl.atomic_add(dB_row + k * sdB_n + p, tl.sum(G * dtu, 0), mask=ml)
-            tl.atomic_add(dC_row + k * sdC_n + p, tl.sum(hs * dy, 0), mask=ml)
+            if ATOMICS:  # off only in the benchmark's diagnosis (wrong dB/dC, to weigh the atomics)
+                _add_steps(dB_row + k * sdB_n, tl.sum(G * dtu, 0), c, l, REV, BLOCK_L, NT, STRIPED)
+                _add_steps(dC_row + k * sdC_n, tl.sum(hs * dy, 0), c, l, REV, BLOCK_L, NT, STRIPED)
         K = K_next
         dA_acc += dA_c
         if HAS_Z:
+            do = tl.load(dout_ptr + dense + p[None, :], mask=mld, other=0.0).to(tl.float32)
+            zz = tl.load(z_row + p[None, :] * sz_l, mask=mld, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(zz)
             dz = do * y * sz * (1.0 + zz * (1.0 - sz))
             tl.store(dz_ptr + dense + p[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mld)
-        if SOFTPLUS:
+        if SOFTPLUS:  # dt before softplus, loaded again (no register held through the loop)
+            raw = tl.load(dt_row + p[None, :] * sdt_l, mask=mld, other=0.0).to(tl.float32)
+            raw, _ = _dt_of(raw, dbv, mld, HAS_DB, False)
             ddt = ddt * tl.sigmoid(raw)
         ddt = tl.where(mld, ddt, 0.0)
         if HAS_DB:
@@ -268,16 +287,19 @@ def _rows_bwd_kernel(
 # checkpoint interval. About 16 steps per thread, as mamba-ssm's kNItems; picked on an H200 by
 # benchmarks/kernels.py (kernels/NOTES.md). Override with set_rows_config() (tests use tiny blocks so the
 # interpreter walks several chunks).
-_CONFIG = {"fwd": (1, 1024, 4), "bwd": (1, 512, 4)}
+_CONFIG = {"fwd": (1, 1024, 4), "bwd": (1, 512, 4), "striped": True, "atomics": True}
 
 
-def set_rows_config(fwd=None, bwd=None):
-    """Set (BLOCK_D, BLOCK_L, num_warps) of the row-layout scan kernels; returns the old settings."""
+def set_rows_config(fwd=None, bwd=None, striped=None, atomics=None):
+    """Set (BLOCK_D, BLOCK_L, num_warps) of the row-layout scan kernels, and whether dB/dC's atomics are
+    striped (``atomics=False`` skips them: for timing diagnosis only); returns the old settings."""
     old = dict(_CONFIG)
-    if fwd is not None:
-        _CONFIG["fwd"] = tuple(fwd)
-    if bwd is not None:
-        _CONFIG["bwd"] = tuple(bwd)
+    for key, value in (("fwd", fwd), ("bwd", bwd)):
+        if value is not None:
+            _CONFIG[key] = tuple(value)
+    for key, value in (("striped", striped), ("atomics", atomics)):
+        if value is not None:
+            _CONFIG[key] = bool(value)
     return old
 
 
@@ -379,7 +401,8 @@ class _RowsFn(torch.autograd.Function):
                 d, l, n, d // gB, d // gC, nck,
                 REV=rev, HAS_D=D is not None, HAS_Z=z is not None, HAS_DB=db is not None, SOFTPLUS=softplus,
                 HAS_DHT=has_dhT, STORE_DH0=dh0 is not None,
-                BLOCK_D=bdb, BLOCK_N=BLOCK_N, BLOCK_L=blb, num_warps=wb,
+                BLOCK_D=bdb, BLOCK_N=BLOCK_N, BLOCK_L=blb, NT=32 * wb,
+                STRIPED=_CONFIG["striped"] and blb % (32 * wb) == 0, ATOMICS=_CONFIG["atomics"], num_warps=wb,
             )
         dA = dA.sum(0).to(A.dtype)
         dD = dD.sum(0).to(D.dtype) if D is not None else None

@@ -74,27 +74,30 @@ def main() -> int:
     cases.append(("seg_bwd", KS._seg_bwd_kernel, dict(MODE=0, REV=False, HAS_Z=True, HAS_DB=True, SOFTPLUS=True,
                                                       BLOCK_D=bdb, BLOCK_N=16, BLOCK_L=blb), wb))
     configs = [KW._CONFIG["fwd"], KW._CONFIG["bwd"]] + [(1, 512, 4), (2, 1024, 4), (4, 512, 4), (1, 2048, 8)]
-    if len(sys.argv) > 1 and sys.argv[1] == "--rows-only":
+    rows_only = len(sys.argv) > 1 and sys.argv[1] == "--rows-only"
+    if rows_only:
         cases = []
     for i, (bd, bl, w) in enumerate(dict.fromkeys(configs)):
         for rev in (False, True) if i == 0 else (False,):
             cases.append((f"rows_fwd rev={rev} {bd},{bl},{w}", KW._rows_fwd_kernel,
                           dict(opts, **fwd, REV=rev, BLOCK_D=bd, BLOCK_L=bl), w))
             cases.append((f"rows_bwd rev={rev} {bd},{bl},{w}", KW._rows_bwd_kernel,
-                          dict(opts, **bwd, REV=rev, BLOCK_D=bd, BLOCK_L=bl), w))
-    if len(sys.argv) > 1 and sys.argv[1] == "--rows-only":
-        cases_done = cases
-    conv = dict(K=4, REV=False, HAS_BIAS=True, HAS_S0=True, SILU=True, BLOCK_D=KC._BLOCK_D, BLOCK_L=KC._BLOCK_L)
-    cases.append(("conv_fwd", KC._conv_fwd_kernel, conv, 4))
-    cases.append(("conv_bwd_dpre", KC._conv_bwd_dpre_kernel, conv, 4))
-    cases.append(("conv_bwd_dx", KC._conv_bwd_dx_kernel, dict(K=4, REV=True, BLOCK_D=KC._BLOCK_D, BLOCK_L=KC._BLOCK_L), 4))
-    (rdf, rlf, rwf), (rdb, rlb, rwb) = KR._CONFIG["fwd"], KR._CONFIG["bwd"]
-    corr = dict(HAS_Z=True, HAS_DB=True, SOFTPLUS=True, HAS_P0=True, BLOCK_N=16)
-    for rev in (False, True):
-        cases.append((f"correction_fwd rev={rev}", KR._corr_fwd_kernel, dict(corr, REV=rev, BLOCK_D=rdf, BLOCK_L=rlf), rwf))
-        cases.append((f"correction_bwd rev={rev}", KR._corr_bwd_kernel, dict(corr, REV=rev, BLOCK_D=rdb, BLOCK_L=rlb), rwb))
-    if len(sys.argv) > 1 and sys.argv[1] == "--rows-only":
-        cases = cases_done
+                          dict(opts, **bwd, REV=rev, BLOCK_D=bd, BLOCK_L=bl, NT=32 * w, STRIPED=bl % (32 * w) == 0,
+                               ATOMICS=True), w))
+    rows_cases = list(cases)
+    if not rows_only:
+        for layout, cfg in KC._CONFIG.items():  # step-contiguous and channel-last tiles, forward and backward
+            for which, kernel in (("fwd", KC._conv_fwd_kernel), ("bwd", KC._conv_bwd_kernel)):
+                bd, bl, w = cfg[which]
+                conv = dict(K=4, REV=which == "bwd", HAS_BIAS=True, HAS_S0=True, SILU=True, BLOCK_D=bd, BLOCK_L=bl)
+                cases.append((f"conv_{which} {layout}", kernel, conv, w))
+        (rdf, rlf, rwf), (rdb, rlb, rwb) = KR._CONFIG["fwd"], KR._CONFIG["bwd"]
+        corr = dict(HAS_Z=True, HAS_DB=True, SOFTPLUS=True, HAS_P0=True, BLOCK_N=16)
+        for rev in (False, True):
+            cases.append((f"correction_fwd rev={rev}", KR._corr_fwd_kernel, dict(corr, REV=rev, BLOCK_D=rdf, BLOCK_L=rlf), rwf))
+            cases.append((f"correction_bwd rev={rev}", KR._corr_bwd_kernel, dict(corr, REV=rev, BLOCK_D=rdb, BLOCK_L=rlb), rwb))
+    if rows_only:
+        cases = rows_cases
     failed = 0
     for name, fn, consts, warps in cases:
         try:
