@@ -240,3 +240,176 @@ def test_backbone_takes_a_mixer_factory_and_mixer_options():
         mv.CausalBackbone(32, n_layer=1, mixer="mamba2", mixer_options={"headdimm": 8})
     with pytest.raises(mv.ConfigError, match="chunk_len needs a mixer that carries state"):
         mv.CausalBackbone(16, n_layer=1, mixer=_Conv1Mixer, chunk_len=4)
+
+
+# ----------------------------------------------------------------------------- channel-major layout (CUDA's)
+def _grads_of(m, h, w, **kw):
+    x = h.clone().requires_grad_(True)
+    out = m(x, **kw)
+    y = out[0] if isinstance(out, tuple) else out
+    loss = (y * w).sum()
+    if isinstance(out, tuple):  # the state leaving carries gradient too
+        loss = loss + out[1].ssm.square().sum() + out[1].conv.square().sum()
+    return y, torch.autograd.grad(loss, [x] + list(m.parameters()))
+
+
+def _same_in_both_layouts(m, h, **kw):
+    rows, chans = copy.deepcopy(m), copy.deepcopy(m)
+    rows.layout, chans.layout = "rows", "channels"
+    w = torch.randn(h.shape, generator=torch.Generator().manual_seed(7))
+    y1, g1 = _grads_of(rows, h, w, **kw)
+    y2, g2 = _grads_of(chans, h, w, **kw)
+    torch.testing.assert_close(y2, y1, rtol=1e-5, atol=1e-6)
+    for (name, _), a, b in zip([("input", None)] + list(m.named_parameters()), g2, g1):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=lambda s, n=name: f"grad of {n}: {s}")
+
+
+@pytest.mark.parametrize("block", ["mamba", "mamba_state", "caduceus_add", "caduceus_multiply", "untied", "vim_v2",
+                                   "mamba2"])
+def test_channel_major_layout_matches_rows(block):
+    """The layout CUDA runs (in_proj as W @ X^T, no transposes through the block) gives the CPU layout's
+    outputs and gradients, state API included."""
+    torch.manual_seed(11)
+    h = torch.randn(2, 13, 8)
+    if block.startswith("mamba_state") or block == "mamba":
+        m = Mamba(8, d_state=4)
+        kw = {}
+        if block == "mamba_state":
+            kw = dict(initial_state=mv.mixers.MixerState(torch.randn(2, 16, 3), torch.randn(2, 16, 4)),
+                      return_final_state=True)
+        _same_in_both_layouts(m, h, **kw)
+    elif block == "mamba2":
+        _same_in_both_layouts(mv.mixers.Mamba2(8, d_state=4, headdim=4, chunk_size=4), h)
+    else:
+        variant = "vim_v2" if block == "vim_v2" else "caduceus"
+        combine = "multiply" if block == "caduceus_multiply" else "add"
+        _same_in_both_layouts(BidirectionalMamba(8, d_state=4, variant=variant, combine=combine,
+                                                 tie_projections=block != "untied"), h)
+
+
+def test_channel_major_state_api_matches_rows():
+    """transfer, state_contribution and conv_state_from agree between the two layouts."""
+    torch.manual_seed(12)
+    m = BidirectionalMamba(8, d_state=4)
+    h, h_in = torch.randn(2, 11, 8), torch.randn(2, 16, 4)
+    rows, chans = copy.deepcopy(m), copy.deepcopy(m)
+    rows.layout, chans.layout = "rows", "channels"
+    for rev in (False, True):
+        (d1, s1), (d2, s2) = rows.transfer(h, rev), chans.transfer(h, rev)
+        for a, b in ((d1, d2), (s1.conv, s2.conv), (s1.ssm, s2.ssm)):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(chans.state_contribution(h, h_in, rev), rows.state_contribution(h, h_in, rev),
+                                   rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(chans.conv_state_from(h, rev), rows.conv_state_from(h, rev))
+    with pytest.raises(mv.errors.ConfigError, match="layout"):
+        bad = copy.deepcopy(m)
+        bad.layout = "columns"
+        bad(h)
+
+
+def test_channel_major_block_copies_nothing_and_keeps_bf16_gemms():
+    """With layout-preserving scan and conv stand-ins (what mamba-ssm's kernels do: outputs and gradients
+    allocated like their inputs), the channel-major block hands the scan and the conv step-contiguous
+    tensors and gradients, runs no copy/cat/contiguous on a (B, d_inner, L) tensor, and under bf16 autocast
+    casts its input once and runs every GEMM in bf16. (Stand-ins: the real kernels need CUDA.)"""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from mambaverse.ops.dispatch import ALL_DTYPES, Backend, register_backend, unregister_backend
+
+    seen = []
+
+    class Scan(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, u, delta, B, C, z):
+            ctx.save_for_backward(u, delta, B, C, z)
+            return delta * 1.0
+
+        @staticmethod
+        def backward(ctx, g):
+            seen.append(g.stride(-1))
+            return tuple(torch.empty_like(t) for t in ctx.saved_tensors)
+
+    class Conv(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 1.0
+
+        @staticmethod
+        def backward(ctx, g):
+            seen.append(g.stride(-1))
+            return g * 1.0
+
+    def scan(u, delta, A, B, C, D=None, z=None, *args):
+        seen.extend(t.stride(-1) for t in (u, delta, B, C, z))
+        return Scan.apply(u, delta, B, C, z)
+
+    def conv(x, *args):
+        seen.append(x.stride(-1))
+        return Conv.apply(x)
+
+    class Log(TorchDispatchMode):
+        ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            big = [t for t in torch.utils._pytree.tree_leaves((args, out)) if isinstance(t, torch.Tensor)
+                   and t.numel() >= b * d_inner * l]
+            if big:
+                self.ops.append((func.__name__, [t.dtype for t in big]))
+            return out
+
+    register_backend(Backend("selective_scan", "stand_in", scan, frozenset(), ALL_DTYPES, lambda dev: True, {}))
+    register_backend(Backend("causal_conv1d", "stand_in", conv, frozenset(), ALL_DTYPES, lambda dev: True,
+                             {"cpu": -1}))
+    try:
+        b, l, d_model = 2, 64, 16
+        m = Mamba(d_model, d_state=4, dt_rank=4, backend="stand_in")
+        m.layout = "channels"
+        d_inner = m.d_inner
+        h = torch.randn(b, l, d_model, requires_grad=True)
+        with Log() as log:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = m(h)
+            y.float().sum().backward()
+    finally:
+        unregister_backend("selective_scan", "stand_in")
+        unregister_backend("causal_conv1d", "stand_in")
+    assert seen and all(s == 1 for s in seen), seen  # every scan/conv input and gradient is step-contiguous
+    names = [n for n, _ in log.ops]
+    assert not {"cat", "clone", "contiguous"} & {n.split(".")[0] for n in names}, names
+    copies = [n for n in names if n.startswith("_to_copy") or n.startswith("copy_")]
+    assert len(copies) <= 1, names  # the input's one cast to bf16
+    gemms = [dt for n, dt in log.ops if n.split(".")[0] in ("mm", "addmm")]
+    assert len(gemms) >= 8 and all(all(t == torch.bfloat16 for t in dts) for dts in gemms), gemms
+
+
+@pytest.mark.parametrize("layout", ["channel_major", "channel_last"])
+def test_triton_conv_reads_and_writes_any_layout_in_place(layout):
+    """The Triton conv kernel (interpreter) reads a channel-major or channel-last x in place, writes y and dx
+    in x's layout, and matches the torch conv with state and in reverse."""
+    pytest.importorskip("triton")
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs TRITON_INTERPRET=1 on CPU")
+    from mambaverse.kernels import causal_conv1d_triton
+    from mambaverse.ops.causal_conv1d import causal_conv1d_torch
+
+    g = torch.Generator().manual_seed(5)
+    b, d, l, k = 2, 5, 21, 4
+    for reverse in (False, True):
+        if layout == "channel_major":
+            x = torch.randn(d, b, l, generator=g).transpose(0, 1).requires_grad_(True)
+        else:
+            x = torch.randn(b, l, d, generator=g).transpose(1, 2).requires_grad_(True)
+        w, bias = torch.randn(d, k, generator=g), torch.randn(d, generator=g)
+        s0 = torch.randn(b, d, k - 1, generator=g)
+        y, _ = causal_conv1d_triton(x, w, bias, "silu", reverse, s0, True)
+        want = causal_conv1d_torch(x.detach(), w, bias, "silu", reverse, s0)
+        assert y.stride() == x.stride()
+        torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+        seed = torch.randn(b, d, l, generator=g)
+        (dx,) = torch.autograd.grad(y, [x], seed)
+        xr = x.detach().clone().requires_grad_(True)
+        (dx_ref,) = torch.autograd.grad(causal_conv1d_torch(xr, w, bias, "silu", reverse, s0), [xr], seed)
+        assert dx.stride() == x.stride()
+        torch.testing.assert_close(dx, dx_ref, rtol=1e-5, atol=1e-5)
