@@ -7,7 +7,8 @@ by ``mambaverse.long_context.ChunkedBackbone`` and, with states entering from ot
 * Chunk-major (:func:`sweep_chunks`, stacks whose mixers all run one forward direction): chunk ``i`` runs
   through *all* layers from the per-layer states left by chunk ``i-1``. Each chunk is one
   ``torch.utils.checkpoint`` region whose inputs are the chunk's hidden states and the boundary states,
-  so forward keeps only those; backward recomputes one chunk at a time, and the gradient of every
+  so forward keeps only those (and the last chunk's activations: backward starts there, so it is not
+  recomputed; ``Chunking.recompute_last``); backward recomputes one chunk at a time, and the gradient of every
   boundary state flows into the previous chunk: nothing is truncated. ``checkpoint_layers`` nests a
   region per layer inside the chunk, so the recompute peak is one layer of one chunk.
 * Layer-major (:func:`sweep_layers`, any state-carrying stack; bidirectional ones need it, since a
@@ -39,12 +40,17 @@ class Chunking:
     checkpoint_layers: also checkpoint each layer inside a chunk (chunk-major sweeps).
     recompute: checkpoint each chunk, recomputing it in backward (the memory saving); off only to debug.
     preserve_rng_state: replay the RNG in recomputation; Mamba stacks draw no random numbers, so it is off.
+    recompute_last: also checkpoint the last chunk of a chunk-major sweep. Off by default: backward starts
+        with that chunk, so its recompute would rebuild the activations the forward just dropped; keeping
+        them saves one chunk's forward and leaves the backward's peak unchanged (they are held from the end
+        of the forward through the loss instead).
     """
 
     chunk_len: int
     checkpoint_layers: bool = False
     recompute: bool = True
     preserve_rng_state: bool = False
+    recompute_last: bool = False
 
 
 def check_chunk_len(chunk_len, who: str) -> int | None:
@@ -100,8 +106,10 @@ def sweep_chunks(stack: nn.Module, hidden: torch.Tensor, chunking: Chunking) -> 
         return (stack.norm_f(h), *finals)
 
     outs, flat = [], ()
-    for piece in hidden.split(chunking.chunk_len, dim=1):
-        out, *flat = run(run_chunk, piece, *flat)
+    pieces = hidden.split(chunking.chunk_len, dim=1)
+    for i, piece in enumerate(pieces):
+        last = i == len(pieces) - 1 and len(pieces) > 1 and not chunking.recompute_last
+        out, *flat = (run_chunk if last else lambda *a: run(run_chunk, *a))(piece, *flat)
         outs.append(out)
     return _cat(outs)
 
