@@ -7,6 +7,12 @@ Splits (``split`` in the config):
   lies wholly inside one region, so no test window overlaps a training window.
 * ``record``: whole records go to train, validation or test (a seeded shuffle of each label's
   records, sized by ``split_fractions``); needs at least one record per split for every label.
+* ``named``: whole records go to validation or test when their name matches (``re.fullmatch``) the
+  pattern of that split in ``split_records`` (e.g. held-out chromosomes), and to train otherwise.
+* ``blocks``: each record is tiled into blocks of ``block_size`` bases, and a seeded shuffle of each
+  record's blocks sends ``split_fractions`` of them to train, validation and test, so held-out blocks
+  are scattered over the whole genome (every part of it has training bases nearby). Windows lie
+  wholly inside runs of blocks of one split, so no evaluation window overlaps a training window.
 
 Training windows are drawn at random: a label uniformly (balanced classes), then a region with
 probability proportional to its number of window starts, then a start. Windows whose N fraction
@@ -16,6 +22,8 @@ starts over each label's regions, N-filtered, the same on every call.
 from __future__ import annotations
 
 import os
+import re
+import zlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,6 +40,7 @@ from .fasta import FastaSource, prepare_fasta
 from .tokenizer import DNATokenizer
 
 SPLITS = ("train", "val", "test")
+SPLIT_MODES = ("region", "record", "named", "blocks")
 
 
 @dataclass(frozen=True)
@@ -58,9 +67,29 @@ class Window:
     strand: str = "+"
 
 
+def _block_spans(si: int, li: int, name: str, n: int, block: int, fractions, rng) -> list[tuple[str, Span]]:
+    """Blocks of ``block`` bases of one record, shuffled into splits by ``fractions``; runs of consecutive
+    blocks of one split merged into one span."""
+    nb = -(-n // block)
+    counts = [round(f * nb) for f in fractions[1:]]
+    order = rng.permutation(nb)
+    which = np.zeros(nb, dtype=np.int64)  # 0 train, 1 val, 2 test
+    which[order[:counts[0]]] = 1
+    which[order[counts[0]:counts[0] + counts[1]]] = 2
+    spans, k = [], 0
+    while k < nb:
+        j = k
+        while j + 1 < nb and which[j + 1] == which[k]:
+            j += 1
+        spans.append((SPLITS[which[k]], Span(si, li, name, k * block, min(n, (j + 1) * block))))
+        k = j + 1
+    return spans
+
+
 def split_spans(sources: list[FastaSource], labels: list[str], split: str, fractions: tuple[float, float, float],
-                seed: int = 0) -> dict[str, list[Span]]:
-    """Assign every record (or region of a record) to train/val/test; see the module docstring."""
+                seed: int = 0, block_size: int | None = None,
+                split_records: dict[str, str] | None = None) -> dict[str, list[Span]]:
+    """Assign every record (or region or block of a record) to train/val/test; see the module docstring."""
     out: dict[str, list[Span]] = {s: [] for s in SPLITS}
     cuts = np.cumsum(fractions)
     if split == "region":
@@ -91,8 +120,24 @@ def split_spans(sources: list[FastaSource], labels: list[str], split: str, fract
                 for k in idx:
                     si, name, n = recs[k]
                     out[sname].append(Span(si, li, name, 0, n))
+    elif split == "named":
+        patterns = {k: re.compile(v) for k, v in (split_records or {}).items()}
+        for si, src in enumerate(sources):
+            li = labels.index(src.label)
+            for name, n in src.records:
+                sname = next((k for k in ("test", "val") if k in patterns and patterns[k].fullmatch(name)), "train")
+                out[sname].append(Span(si, li, name, 0, n))
+    elif split == "blocks":
+        for si, src in enumerate(sources):
+            li = labels.index(src.label)
+            k = sum(1 for s in sources[:si] if s.label == src.label)  # the file's place among its label's files
+            for name, n in src.records:
+                # seeded by the record's name, not its path: the split must not change when the files move
+                rng = np.random.default_rng([seed, li, k, zlib.crc32(name.encode())])
+                for sname, span in _block_spans(si, li, name, n, int(block_size), fractions, rng):
+                    out[sname].append(span)
     else:
-        raise GenomicsDataError(f"split: got '{split}', expected 'region' or 'record'")
+        raise GenomicsDataError(f"split: got '{split}', expected one of {', '.join(SPLIT_MODES)}")
     return out
 
 
@@ -236,8 +281,13 @@ class FastaDataModule(ResumableSampling, pl.LightningDataModule):
         files: label -> list of FASTA paths (plain, ``.gz``, ``.xz``); the label order fixes class ids.
         window: window length in bases.
         batch_size: windows per batch.
-        split: ``region`` (cut every record into train/val/test regions) or ``record`` (whole records).
-        split_fractions: train, validation and test fractions (sum to 1).
+        split: ``region`` (cut every record into train/val/test regions), ``record`` (whole records, shuffled),
+            ``named`` (whole records held out by name) or ``blocks`` (blocks scattered over every record).
+        split_fractions: train, validation and test fractions (sum to 1); unused by ``named``.
+        block_size: block length in bases for ``split: blocks`` (at least ``window``; held-out windows stay
+            inside runs of held-out blocks).
+        split_records: for ``split: named``, ``{"val": regex, "test": regex}`` (either may be left out) matched
+            against whole record names; records matching neither are training records.
         train_samples: random training windows per epoch.
         val_windows: fixed validation windows per label.
         test_windows: fixed test windows per label.
@@ -251,11 +301,12 @@ class FastaDataModule(ResumableSampling, pl.LightningDataModule):
     """
 
     def __init__(self, files: dict[str, list[str]], window: int = 1024, batch_size: int = 16,
-                 split: Literal["region", "record"] = "region",
+                 split: Literal["region", "record", "named", "blocks"] = "region",
                  split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), train_samples: int = 2048,
                  val_windows: int = 32, test_windows: int = 64, max_n_fraction: float = 0.1, rc_prob: float = 0.5,
                  cache_dir: str | None = None, num_workers: int = 0, seed: int = 0,
-                 predict_split: Literal["train", "val", "test", "all"] = "test", predict_windows: int = 64):
+                 predict_split: Literal["train", "val", "test", "all"] = "test", predict_windows: int = 64,
+                 block_size: int | None = None, split_records: dict[str, str] | None = None):
         super().__init__()
         if not isinstance(files, dict) or not files:
             raise GenomicsDataError("files: expected a mapping label -> [FASTA paths] with at least one label")
@@ -266,8 +317,20 @@ class FastaDataModule(ResumableSampling, pl.LightningDataModule):
                 raise GenomicsDataError(f"files: label '{label}' has no files; expected a list of FASTA paths")
         if len(split_fractions) != 3 or any(f < 0 for f in split_fractions) or abs(sum(split_fractions) - 1) > 1e-6:
             raise GenomicsDataError(f"split_fractions: got {list(split_fractions)}, expected 3 non-negative numbers summing to 1")
-        if split not in ("region", "record"):
-            raise GenomicsDataError(f"split: got '{split}', expected 'region' or 'record'")
+        if split not in SPLIT_MODES:
+            raise GenomicsDataError(f"split: got '{split}', expected one of {', '.join(SPLIT_MODES)}")
+        if split == "blocks" and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < window):
+            raise GenomicsDataError(f"block_size: got {block_size!r}; split: blocks needs an integer block_size >= "
+                                    f"window ({window}) so that a window fits in one block")
+        if split == "named":
+            if not isinstance(split_records, dict) or not split_records or set(split_records) - {"val", "test"}:
+                raise GenomicsDataError(f"split_records: got {split_records!r}; split: named expects a mapping with "
+                                        f"keys 'val' and/or 'test', each a regular expression for record names")
+            for key, pattern in split_records.items():
+                try:
+                    re.compile(pattern)
+                except (re.error, TypeError) as exc:
+                    raise GenomicsDataError(f"split_records.{key}: {pattern!r} is not a regular expression ({exc})") from None
         if window < 1:
             raise GenomicsDataError(f"window: got {window}, expected a positive number of bases")
         if not 0.0 <= max_n_fraction <= 1.0:
@@ -280,6 +343,8 @@ class FastaDataModule(ResumableSampling, pl.LightningDataModule):
         self.window, self.batch_size, self.split = int(window), int(batch_size), split
         self._train_window = None  # set by set_seq_len (sequence-length warmup); None = window
         self.split_fractions = tuple(float(f) for f in split_fractions)
+        self.block_size = block_size
+        self.split_records = dict(split_records) if split_records else None
         self.train_samples, self.val_windows, self.test_windows = train_samples, val_windows, test_windows
         self.max_n_fraction, self.rc_prob = float(max_n_fraction), float(rc_prob)
         self.cache_dir, self.num_workers, self.seed = cache_dir, num_workers, seed
@@ -316,9 +381,13 @@ class FastaDataModule(ResumableSampling, pl.LightningDataModule):
                 raise GenomicsDataError(
                     f"window {self.window} is longer than every record of label '{label}' (longest: record "
                     f"'{longest[2]}' in {longest[1]}, {longest[0]} bases); lower window")
-        self.spans = split_spans(self.sources, self.labels, self.split, self.split_fractions, self.seed)
+        self.spans = split_spans(self.sources, self.labels, self.split, self.split_fractions, self.seed,
+                                 self.block_size, self.split_records)
         used = {"train": True, "val": self.val_windows > 0, "test": self.test_windows > 0}
-        for sname, frac in zip(SPLITS, self.split_fractions):
+        fractions = self.split_fractions
+        if self.split == "named":  # a split is in use when it has a pattern
+            fractions = (1.0,) + tuple(float(k in self.split_records) for k in ("val", "test"))
+        for sname, frac in zip(SPLITS, fractions):
             if frac == 0 or not used.get(sname, True):  # a split with no windows asked of it needs none to fit
                 continue
             for li, label in enumerate(self.labels):
@@ -327,7 +396,8 @@ class FastaDataModule(ResumableSampling, pl.LightningDataModule):
                     regions = [s for s in self.spans[sname] if s.label == li]
                     longest = max(regions, key=lambda s: s.end - s.start, default=None)
                     where = (f"longest: record '{longest.record}' in {srcs[0].path if len(srcs) == 1 else self.sources[longest.source].path}, "
-                             f"{longest.end - longest.start} bases" if longest else "no records")
+                             f"{longest.end - longest.start} bases" if longest else
+                             f"no record matches split_records.{sname}" if self.split == "named" else "no records")
                     raise GenomicsDataError(
                         f"window {self.window} is longer than every {sname} region of label '{label}' ({where}); "
                         f"lower window or change split_fractions/split")
@@ -399,7 +469,7 @@ class FastaDataModule(ResumableSampling, pl.LightningDataModule):
             return
         drawn_with = self.seed
         self.load_sampling_state(state)
-        if self.seed != drawn_with and self.split == "record" and self.sources is not None:
+        if self.seed != drawn_with and self.split in ("record", "blocks") and self.sources is not None:
             self.sources, self._fixed = None, {}  # the split was drawn with the config's seed
             self._load()
         if state.get("train_window"):

@@ -191,3 +191,7 @@ preset("caduceus_ps_dna", RCPSBackbone, d_model=256, n_layer=8, variant="caduceu
 preset("caduceus_ph_dna", BidirectionalBackbone, d_model=128, n_layer=8, variant="caduceus", combine="add",
        tie_projections=True, d_state=16, d_conv=4, expand=2)
 preset("mamba_dna_paper", CausalBackbone, d_model=256, n_layer=8, mixer="mamba", d_state=16, d_conv=4, expand=2)
+# The Mamba paper's context-length scaling model (Gu & Dao 2023, sec. 4.3.2 and Figure 5 right): "6 layers by
+# width 128, about 1.3M-1.4M parameters". The paper counts two Mamba blocks per Transformer-style layer, so that is
+# 12 Mamba blocks of d_model 128 (1.45M parameters with a DNA embedding and next-base head).
+preset("mamba_dna_paper_small", CausalBackbone, d_model=128, n_layer=12, mixer="mamba", d_state=16, d_conv=4, expand=2)

@@ -1,0 +1,183 @@
+"""Shared pieces of the DNA benchmarks (``dna_pretrain_context.py``, ``dna_context_sweep.py``).
+
+The FASTA files (Debian packages ``smalt-examples`` and ``ragout-examples``), a flat ``--data-dir`` copy of
+them for machines without those packages (``--stage-data DIR`` makes it), the run's metadata (device,
+versions, date, command), a time planner that measures seconds per optimizer step before it fixes a token
+budget, and atomic writers for the results (markdown, JSON, PNG).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+SMALT = Path("/usr/share/doc/smalt/test/data")
+AUREUS_DIR = Path("/usr/share/doc/ragout/examples/S.Aureus/references")
+AUREUS = ("COL", "JKD6008", "N315", "RF122", "USA300_FPR3757")
+# file name -> where the Debian package installs it
+DATA = {
+    "hs37chrXtrunc.fa.gz": SMALT / "hs37chrXtrunc.fa.gz",  # human chrX, first 70 Mb (hs37)
+    "genome_1.fa.gz": SMALT / "genome_1.fa.gz",  # P. falciparum, 14 chromosomes
+    "cigar_ref.fa.gz": SMALT / "cigar_ref.fa.gz",  # P. knowlesi, contigs named Pk.<chromosome>.<n>
+    **{f"{s}.fasta.gz": AUREUS_DIR / f"{s}.fasta.gz" for s in AUREUS},  # five S. aureus strains
+}
+
+
+def data_path(name: str, data_dir: str | None) -> str:
+    """The path of FASTA file ``name`` (a key of ``DATA``): under ``data_dir`` if given, else as installed.
+
+    Raises SystemExit with a one-line message naming the missing file and how to get it."""
+    p = Path(data_dir) / name if data_dir else DATA[name]
+    if not p.is_file():
+        how = (f"copy it there (python {Path(sys.argv[0]).name} --stage-data {data_dir} on a machine with the "
+               f"Debian packages smalt-examples and ragout-examples)" if data_dir
+               else "apt-get install smalt-examples ragout-examples, or pass --data-dir")
+        raise SystemExit(f"{p}: FASTA file not found; {how}")
+    return str(p)
+
+
+def stage_data(dest: str, names) -> None:
+    """Copy the FASTA files ``names`` flat into ``dest`` (what ``--data-dir`` reads)."""
+    d = Path(dest)
+    d.mkdir(parents=True, exist_ok=True)
+    total = 0
+    for name in names:
+        src, dst = DATA[name], d / name
+        if not dst.exists() or dst.stat().st_size != src.stat().st_size:
+            shutil.copyfile(src, dst)
+        total += dst.stat().st_size
+    print(f"staged {len(names)} FASTA files ({total / 2**20:.1f} MiB) in {d}: {', '.join(names)}")
+
+
+def versions() -> dict:
+    import lightning
+    import numpy
+    import torch
+
+    v = {"python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__,
+         "numpy": numpy.__version__}
+    for mod in ("triton", "pyfaidx"):
+        try:
+            v[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - optional, reported when present
+            pass
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+    except Exception:  # noqa: BLE001
+        out = ""
+    v["mambaverse_commit"] = out or "unknown (no git)"
+    return v
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def command_line(argv) -> str:
+    return " ".join([Path(sys.argv[0]).name] + list(argv if argv is not None else sys.argv[1:]))
+
+
+def utc_now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+class Clock:
+    """Wall-clock budget of a whole script: ``left()`` seconds remain of ``budget`` (inf without one)."""
+
+    def __init__(self, budget: float | None):
+        self.t0, self.budget = time.monotonic(), budget
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def left(self) -> float:
+        return math.inf if self.budget is None else self.budget - self.elapsed()
+
+
+def seconds_per_step(step, warm: int = 1, timed: int = 2, device: str = "cpu") -> float:
+    """Mean wall seconds of ``step()`` (one optimizer step) over ``timed`` calls after ``warm`` calls.
+
+    The warm calls compile the kernels for these shapes, so the runs that follow do not pay for it again."""
+    import torch
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for _ in range(warm):
+        step()
+    sync()
+    t = time.perf_counter()
+    for _ in range(timed):
+        step()
+    sync()
+    return (time.perf_counter() - t) / timed
+
+
+def bisect_order(items: list) -> list:
+    """Items reordered so that any prefix spreads over the whole range (middle first, then halves)."""
+    out, queue = [], [(0, len(items))]
+    while queue:
+        lo, hi = queue.pop(0)
+        if lo >= hi:
+            continue
+        mid = (lo + hi) // 2
+        out.append(items[mid])
+        queue += [(lo, mid), (mid + 1, hi)]
+    return out
+
+
+def write_json(path: Path, obj) -> Path:
+    from mambaverse.genomics.metrics import atomic_write_json
+
+    return atomic_write_json(path, obj)
+
+
+def write_text(path: Path, text: str) -> Path:
+    from mambaverse.genomics.metrics import atomic_write_bytes
+
+    return atomic_write_bytes(path, text.encode())
+
+
+def save_png(fig, path: Path) -> Path:
+    from mambaverse.genomics.metrics import save_figure
+
+    return save_figure(fig, path)
+
+
+def meta_lines(meta: dict) -> list[str]:
+    """The header every results file carries: date, device, versions, command, and the rest of ``meta``."""
+    lines = [f"- date: {meta['date']}", f"- device: {meta['device']}",
+             f"- versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}",
+             f"- command: `{meta['command']}`"]
+    for key, value in meta.items():
+        if key not in ("date", "device", "versions", "command") and not isinstance(value, (dict, list)):
+            lines.append(f"- {key.replace('_', ' ')}: {value}")
+    return lines
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def set_cpu_threads() -> None:
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
