@@ -55,6 +55,11 @@ def _at_step(t, offs_l, j):
 
 
 @triton.jit
+def _add2(a1, b1, a2, b2):
+    return a1 + a2, b1 + b2
+
+
+@triton.jit
 def _steps(c, offs_l, l, REV: tl.constexpr, BLOCK_L: tl.constexpr):
     """Scan steps of chunk c -> (step mask, memory positions); a reverse scan walks positions l-1 .. 0."""
     s = c * BLOCK_L + offs_l
@@ -73,10 +78,10 @@ def _add_steps(ptr, v, c, l, REV: tl.constexpr, BLOCK_L: tl.constexpr, NT: tl.co
     if STRIPED:
         offs = tl.arange(0, BLOCK_L // NT)[:, None] * NT + tl.arange(0, NT)[None, :]
         ml, p = _steps(c, offs, l, REV, BLOCK_L)
-        tl.atomic_add(ptr + p, tl.reshape(v, (BLOCK_L // NT, NT)), mask=ml)
+        tl.atomic_add(ptr + p, tl.reshape(v, (BLOCK_L // NT, NT)), mask=ml, sem="relaxed")
     else:
         ml, p = _steps(c, tl.arange(0, BLOCK_L), l, REV, BLOCK_L)
-        tl.atomic_add(ptr + p, v, mask=ml)
+        tl.atomic_add(ptr + p, v, mask=ml, sem="relaxed")
 
 
 @triton.jit
@@ -246,9 +251,11 @@ def _rows_bwd_kernel(
                 y += hs * Ck[None, :]
             ar, gr = tl.associative_scan((tl.exp2(dt1 * A2k), dy * Ck[None, :]), 1, _combine, reverse=True)
             G = gr + ar * _column(K, offs_n, k)[:, None]
-            K_next = tl.where(offs_n[None, :] == k, _at_step(a * G, offs_l, 0)[:, None], K_next)
             X = G * (hs - bk)  # = G_t a_t h_{t-1}: the gradient through log a_t
-            dA_c = tl.where(offs_n[None, :] == k, tl.sum(X * dt, 1)[:, None], dA_c)
+            # one reduction over the steps for two values: dA's chunk sum and a_first * G_first
+            dA_k, K_k = tl.reduce((X * dt, tl.where(offs_l[None, :] == 0, a * G, 0.0)), 1, _add2)
+            K_next = tl.where(offs_n[None, :] == k, K_k[:, None], K_next)
+            dA_c = tl.where(offs_n[None, :] == k, dA_k[:, None], dA_c)
             GB = G * Bk[None, :]
             ddt += X * _column(A, offs_n, k)[:, None] + GB * u
             du += GB * dt
