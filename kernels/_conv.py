@@ -8,7 +8,8 @@ what the flip->conv->flip definition of the reverse mode gives).
 Layout: x, y, dy and dx are addressed through their own (batch, channel, step) strides, so the Mamba
 block's channel-major activations (a (d, b*l) buffer viewed as (b, d, l), what a ``W @ X^T`` in_proj
 gives) and channel-last ones ((b, l, d) transposed, Mamba-2's xBC) are read in place, and y / dx take the
-layout of x (no copies). The tile is (BLOCK_D, BLOCK_L); its long side follows the unit stride.
+layout of x (no copies). The tile is (BLOCK_D, BLOCK_L); its long side follows the unit stride. Offsets are int64 (a channel-last
+step stride times L passes 2^31 at L = 2^21).
 
 Backward: one kernel. For its steps t it recomputes the pre-activation at t, t+1, .., t+k-1 (x taps come
 from L1/L2), forms dpre = dy * silu'(pre) there, and gathers dx_t = sum_s w_{k-1-s} dpre_{t+s}; dweight /
@@ -61,7 +62,7 @@ def _conv_tap(x_base, s0_base, rows, md, t, l, sxd, sxl, ss_d, j,
     """fp32 (BLOCK_D, BLOCK_L) input seen by tap j at conv steps t: x, or initial_state before step 0."""
     p = t - (K - 1) + j
     inx = (p >= 0) & (p < l)
-    v = tl.load(x_base + rows[:, None] * sxd + _data_pos(p, l, REV)[None, :] * sxl,
+    v = tl.load(x_base + rows[:, None] * sxd + _data_pos(p, l, REV).to(tl.int64)[None, :] * sxl,
                 mask=md[:, None] & inx[None, :], other=0.0).to(tl.float32)
     if HAS_S0:
         i = p + (K - 1)
@@ -98,7 +99,7 @@ def _conv_fwd_kernel(x_ptr, w_ptr, bias_ptr, s0_ptr, y_ptr, d, l, sxb, sxd, sxl,
     if SILU:
         acc = acc * tl.sigmoid(acc)
     dp = _data_pos(t, l, REV)
-    tl.store(y_ptr + pb * syb + rows[:, None] * syd + dp[None, :] * syl, acc.to(y_ptr.dtype.element_ty),
+    tl.store(y_ptr + pb * syb + rows[:, None] * syd + dp.to(tl.int64)[None, :] * syl, acc.to(y_ptr.dtype.element_ty),
              mask=md[:, None] & (t < l)[None, :])
 
 
@@ -116,7 +117,7 @@ def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, s0_ptr, dy_ptr, dx_ptr, dw_ptr, dbi
     for s in tl.static_range(K):
         q = t + s
         mq = md[:, None] & (q < l)[None, :]
-        g = tl.load(dy_base + _data_pos(q, l, REV)[None, :] * sdyl, mask=mq, other=0.0).to(tl.float32)
+        g = tl.load(dy_base + _data_pos(q, l, REV).to(tl.int64)[None, :] * sdyl, mask=mq, other=0.0).to(tl.float32)
         if SILU:
             pre = _conv_pre(x_base, s0_base, w_ptr, bias_ptr, offs_d, rows, md, q, l, sxd, sxl, swd, ss_d,
                             K, REV, HAS_BIAS, HAS_S0, BLOCK_D, BLOCK_L)
@@ -131,7 +132,7 @@ def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, s0_ptr, dy_ptr, dx_ptr, dw_ptr, dbi
                 tl.atomic_add(dw_ptr + offs_d * K + j, tl.sum(g * v, 1), mask=md)
         acc += _conv_weight(w_ptr, rows, swd, K - 1 - s, md)[:, None] * g
     dp = _data_pos(t, l, REV)
-    tl.store(dx_ptr + pb * sdxb + rows[:, None] * sdxd + dp[None, :] * sdxl, acc.to(dx_ptr.dtype.element_ty),
+    tl.store(dx_ptr + pb * sdxb + rows[:, None] * sdxd + dp.to(tl.int64)[None, :] * sdxl, acc.to(dx_ptr.dtype.element_ty),
              mask=md[:, None] & (t < l)[None, :])
 
 
