@@ -296,8 +296,8 @@ def sweep(ts, fwd_cfgs, bwd_cfgs, seed):
 
 
 # (BLOCK_D, BLOCK_L, num_warps): about 2-16 steps per thread (mamba-ssm's kNItems is 16 with 128 threads)
-FWD_CFGS = [(1, 512, 4), (1, 1024, 4), (1, 2048, 8), (1, 512, 2), (2, 512, 4)]
-BWD_CFGS = [(1, 512, 4), (1, 256, 2), (1, 1024, 8), (2, 512, 4), (1, 256, 4)]
+FWD_CFGS = [(1, 1024, 4), (1, 512, 2), (1, 2048, 8), (1, 512, 4)]
+BWD_CFGS = [(1, 1024, 4), (1, 512, 4), (1, 512, 2), (1, 1024, 8), (1, 256, 1)]
 if DRY:
     FWD_CFGS, BWD_CFGS = [(1, 16, 4), (2, 8, 4)], [(1, 16, 4), (2, 16, 4)]
 

@@ -294,7 +294,7 @@ def _rows_bwd_kernel(
 # checkpoint interval. About 16 steps per thread, as mamba-ssm's kNItems; picked on an H200 by
 # benchmarks/kernels.py (kernels/NOTES.md). Override with set_rows_config() (tests use tiny blocks so the
 # interpreter walks several chunks).
-_CONFIG = {"fwd": (1, 1024, 4), "bwd": (1, 512, 4), "striped": True, "atomics": True}
+_CONFIG = {"fwd": (1, 1024, 4), "bwd": (1, 1024, 4), "striped": True, "atomics": True}
 
 
 def set_rows_config(fwd=None, bwd=None, striped=None, atomics=None):
