@@ -250,7 +250,8 @@ def single_gpu(args):
         m = st.ours(c or None, args.checkpoint_layers, args.backend)
         r = measure(m, L, st, args.iters)
         record(f"ours chunk={c}" if c else "ours unchunked", L, r)
-        if c and r is not None and (best is None or r[1] < best[1]):
+        fits = r is not None and (st.dry or r[0] <= args.cap_gib)
+        if c and fits and (best is None or r[1] < best[1]):
             best = (c, r[1])
             timed[c] = m
         del m
@@ -263,6 +264,7 @@ def single_gpu(args):
         models["mamba-ssm plain"] = anchor
     if best is not None:
         models[f"ours chunk={best[0]}"] = timed[best[0]]
+        notes.append(f"Fastest chunking within {args.cap_gib:g} GiB at {_log2(L)}: chunk_len={best[0]}.")
     for label, m in models.items():
         per_token = next((s / L for n, LL, p, s, _ in rows if n == label and LL == L and p is not None), None)
         if per_token is None:
@@ -519,8 +521,11 @@ def _write_cp(args, rows, parity, par_len, par_chunk, world, chunk, d_model, n_l
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cp", action="store_true", help="context-parallel scaling (run under torchrun)")
-    p.add_argument("--chunks", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1 << 15, 1 << 17],
-                   help="chunk lengths tried at 2^20 (0: unchunked); the fastest chunked one is used for the long sweep")
+    p.add_argument("--chunks", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1 << 15, 1 << 17, 1 << 18],
+                   help="chunk lengths tried at 2^20 (0: unchunked); the fastest chunked one within --cap-gib is "
+                   "used for the long sweep")
+    p.add_argument("--cap-gib", type=float, default=8.0, help="memory cap of the chunking picked for the long "
+                   "sweep (issue 14: 2^20 within 8 GiB)")
     p.add_argument("--checkpoint-layers", action="store_true")
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--parity-len", type=int, default=1 << 14)
