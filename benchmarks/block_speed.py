@@ -189,7 +189,7 @@ def main(argv=None) -> int:
     act_dtype = torch.bfloat16 if not dry else torch.float32
     gen = torch.Generator(device="cpu").manual_seed(0)
     h = torch.randn(batch, L, d_model, generator=gen).to(device, act_dtype)
-    g = torch.randn(batch, L, d_model, generator=gen).to(device)
+    g = torch.randn(batch, L, d_model, generator=gen).to(device, act_dtype)  # the dtype of every block output
     measure = timer(device)
     have_anchor = v["mamba-ssm"] != "-" and not dry
     fast_path = have_anchor and v["causal-conv1d"] != "-"
