@@ -32,6 +32,8 @@ def use_channels(layout: str, t: torch.Tensor) -> bool:
 
 def gemm_operand(t: torch.Tensor) -> torch.Tensor:
     """t in the dtype autocast gives GEMM inputs on its device (cast once, shared by several GEMMs), else t."""
+    if torch.compiler.is_compiling():  # the compiler fuses autocast's casts itself; keep the graph plain
+        return t
     kind = t.device.type
     if torch.is_autocast_enabled(kind):
         dtype = torch.get_autocast_dtype(kind)
