@@ -159,6 +159,17 @@ def save_png(fig, path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def plot_or_skip(plot, *args) -> Path | None:
+    """``plot(*args)`` (it returns the PNG path), or None with a note where matplotlib is not installed: the
+    markdown and JSON are the results; ``--from-json`` redraws the plot on a machine that has it."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("matplotlib is not installed: no plot (rerun with --from-json on a machine that has it)", flush=True)
+        return None
+    return plot(*args)
+
+
 def meta_lines(meta: dict) -> list[str]:
     """The header every results file carries: date, device, versions, command, and the rest of ``meta``."""
     lines = [f"- date: {meta['date']}", f"- device: {meta['device']}",

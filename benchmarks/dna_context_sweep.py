@@ -49,17 +49,17 @@ _CHR = "|".join(map(str, HELD_OUT_CHROMOSOMES))
 TASKS = {
     "plasmodium": {
         "files": {"P_falciparum": ["genome_1.fa.gz"], "P_knowlesi": ["cigar_ref.fa.gz"]},
-        "split": "named", "split_records": {"test": rf"MAL({_CHR})|Pk\.({_CHR})\.\d+"},
+        "split": "named", "split_records": {"test": rf"MAL({_CHR})|Pk\.({_CHR})\.\d+"}, "short": "chromosome",
         "split_name": f"by chromosome: chromosomes {', '.join(map(str, HELD_OUT_CHROMOSOMES))} of both species held out",
     },
     "strains": {
         "files": {s.split("_")[0]: [f"{s}.fasta.gz"] for s in C.AUREUS},
-        "split": "blocks",
+        "split": "blocks", "short": "random blocks",
         "split_name": "random blocks: 20% of each genome's {block:,}-bp blocks held out (memorisation + context)",
     },
 }
-TINY = {"lengths": [64, 256], "tokens": "4096", "batch_tokens": 512, "test_windows": 8, "min_test_windows": 4,
-        "backbone_overrides": '{"d_model": 32, "n_layer": 2}', "tag": "cpu_tiny", "lr": 3e-3}
+TINY = {"lengths": [64, 256], "tokens": "2048", "batch_tokens": 512, "test_windows": 6, "min_test_windows": 4,
+        "backbone_overrides": '{"d_model": 32, "n_layer": 2, "d_state": 4}', "tag": "cpu_tiny", "lr": 3e-3}
 
 
 def architecture(args) -> tuple[str, dict]:
@@ -166,17 +166,21 @@ def write_results(rows: list[dict], meta: dict, out: Path, tag: str) -> list[Pat
     out.mkdir(parents=True, exist_ok=True)
     C.write_json(base.with_suffix(".json"), {"meta": meta, "rows": rows})
     lines = ["# DNA classification accuracy against context length", ""] + C.meta_lines(meta) + [""]
+    for task in sorted({r["task"] for r in rows}):
+        r = next(r for r in rows if r["task"] == task)
+        lines.append(f"- split of {task} ({TASKS[task]['short']}): {r['split']}")
+    lines.append("")
     lines += ["| task | split | init | context (bp) | 2^k | accuracy | macro-F1 | MCC | test windows | steps × batch | "
               "train bases | train s | status |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     done = [r for r in rows if r.get("accuracy") is not None]
     for r in sorted(done, key=lambda r: (r["task"], r["init"], r["context"])):
-        lines.append(f"| {r['task']} | {r['split']} | {r['init']} | {r['context']:,} | {r['context'].bit_length() - 1} | "
-                     f"{r['accuracy']:.3f} | {r['macro_f1']:.3f} | {r['mcc']:.3f} | {r['test_windows']} | "
+        lines.append(f"| {r['task']} | {TASKS[r['task']]['short']} | {r['init']} | {r['context']:,} | "
+                     f"{r['context'].bit_length() - 1} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | {r['mcc']:.3f} | {r['test_windows']} | "
                      f"{r['steps']} × {r['batch']} | {r['train_bases']:,} | {r['train_s']} | {r['status']} |")
     for r in rows:
         if r.get("accuracy") is None:
-            lines.append(f"| {r['task']} | {r['split']} | {r['init']} | {r['context']:,} | {r['context'].bit_length() - 1} "
-                         f"| - | - | - | - | - | - | - | {r['status']} |")
+            lines.append(f"| {r['task']} | {TASKS[r['task']]['short']} | {r['init']} | {r['context']:,} | "
+                         f"{r['context'].bit_length() - 1} | - | - | - | - | - | - | - | {r['status']} |")
     lines += ["", "## Summary (computed from the rows above)", ""]
     for task, init in sorted({(r["task"], r["init"]) for r in done}):
         rs = sorted((r for r in done if (r["task"], r["init"]) == (task, init)), key=lambda r: r["context"])
@@ -186,8 +190,8 @@ def write_results(rows: list[dict], meta: dict, out: Path, tag: str) -> list[Pat
                      f"{best['context']:,} bp (gain {100 * gain:+.1f} points; target +10: {'met' if gain >= 0.10 else 'not met'}); "
                      f"chance {1 / rs[0]['classes']:.3f}")
     C.write_text(base.with_suffix(".md"), "\n".join(lines) + "\n")
-    png = plot(done, meta, base.with_suffix(".png"))
-    return [base.with_suffix(".md"), base.with_suffix(".json"), png]
+    png = C.plot_or_skip(plot, done, meta, base.with_suffix(".png"))
+    return [base.with_suffix(".md"), base.with_suffix(".json")] + ([png] if png else [])
 
 
 def plot(done: list[dict], meta: dict, path: Path) -> Path:
@@ -221,7 +225,7 @@ def plot(done: list[dict], meta: dict, path: Path) -> Path:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tiny", action="store_true", help="CPU check: lengths 64/256, 4k training bases per run")
+    ap.add_argument("--tiny", action="store_true", help="CPU check: lengths 64/256, 2k training bases per run, the d_model 32 model")
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     ap.add_argument("--inits", nargs="+", default=["pretrained", "scratch"], choices=["pretrained", "scratch"])
     ap.add_argument("--lengths", nargs="+", type=int, default=[2 ** k for k in range(10, 17, 2)])
@@ -252,11 +256,18 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--tag", default=None, help="results file suffix (default: the device type)")
     ap.add_argument("--append", action="store_true", help="keep the rows already in this tag's results file")
+    ap.add_argument("--from-json", default=None, metavar="JSON", help="rewrite the markdown and the plot of a results "
+                    "JSON (e.g. one written on the GPU machine) into --out, with --tag or the JSON's tag, and exit")
     argv_list = list(sys.argv[1:] if argv is None else argv)
     given = {a[2:].split("=")[0].replace("-", "_") for a in argv_list if a.startswith("--")}
     args = ap.parse_args(argv_list)
     if args.stage_data:
         C.stage_data(args.stage_data, list(C.DATA))
+        return 0
+    if args.from_json:
+        res = json.loads(Path(args.from_json).read_text())
+        tag = args.tag or Path(args.from_json).stem.removeprefix("dna_context_sweep_")
+        print("wrote " + ", ".join(map(str, write_results(res["rows"], res["meta"], Path(args.out), tag))))
         return 0
     if args.tiny:
         for k, v in TINY.items():

@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dna_common as C  # noqa: E402
 
 CHRX = "hs37chrXtrunc.fa.gz"
-TINY = {"lengths": [64, 256, 1024], "backbone_overrides": '{"d_model": 32, "n_layer": 2}', "tokens": "12288",
+TINY = {"lengths": [64, 256, 1024], "backbone_overrides": '{"d_model": 32, "n_layer": 2, "d_state": 4}', "tokens": "8192",
         "val_tiles": 2, "chunk_len": "256", "markov_orders": [2, 4], "markov_train_bases": 2_000_000,
         "lr": 1e-2, "tag": "cpu_tiny", "time_budget": None}
 
@@ -229,23 +229,71 @@ def probe(args, chunk_len, lengths: list[int]) -> tuple[dict, int | None]:
     return out, chunk_len
 
 
-def run_one(args, L: int, seed: int, steps: int, every: int, chunk_len, tiled_holder: dict, max_seconds: float) -> dict:
-    import lightning.pytorch as pl
-    import torch
-
+def make_datamodule(args, seed: int, steps: int):
+    """chrX windows of max(lengths) + 1 bases, region split: training in the first part, held out at the end."""
     from mambaverse.genomics import FastaDataModule
 
-    pl.seed_everything(seed, verbose=False)
-    T = max(args.lengths)
-    dm = FastaDataModule({"human_chrX": [args.chrx]}, window=T + 1, batch_size=args.batch_windows, split="region",
-                         split_fractions=(1.0 - args.val_fraction, args.val_fraction, 0.0),
+    dm = FastaDataModule({"human_chrX": [args.chrx]}, window=max(args.lengths) + 1, batch_size=args.batch_windows,
+                         split="region", split_fractions=(1.0 - args.val_fraction, args.val_fraction, 0.0),
                          train_samples=steps * args.batch_windows, val_windows=0, test_windows=0,
                          max_n_fraction=args.max_n_fraction, rc_prob=0.5, cache_dir=args.cache_dir,
                          num_workers=args.num_workers, seed=seed)
     dm.setup("fit")
+    return dm
+
+
+def _markov_job(args, queue) -> None:
+    """The anchor in a child process (numpy only, its own file handles), so that it overlaps the GPU runs."""
+    try:
+        dm = make_datamodule(args, args.seeds[0], 1)
+        queue.put(markov_anchor(dm, TiledRegion(dm, args.val_tiles, max(args.lengths)), args.markov_orders,
+                                args.markov_train_bases))
+    except BaseException as exc:  # noqa: BLE001 - reported in the results instead of the anchor
+        queue.put([{"error": f"{type(exc).__name__}: {exc}"}])
+
+
+class Anchor:
+    """Starts the Markov anchor beside the runs (a forked process, started before CUDA is touched) and hands
+    its rows over once they exist."""
+
+    def __init__(self, args):
+        import multiprocessing as mp
+
+        self.rows: list[dict] = []
+        self.proc = None
+        if not args.markov_orders:
+            return
+        make_datamodule(args, args.seeds[0], 1)  # decompress and index here, so both processes find the cache ready
+        ctx = mp.get_context("fork")
+        self.queue = ctx.Queue()
+        self.proc = ctx.Process(target=_markov_job, args=(args, self.queue), daemon=True)
+        self.proc.start()
+
+    def poll(self, wait: float = 0.0) -> list[dict]:
+        import queue as q
+
+        if self.proc is not None and not self.rows:
+            try:
+                got = self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()
+            except q.Empty:
+                return self.rows
+            errors = [r["error"] for r in got if "error" in r]
+            if errors:
+                print(f"markov anchor failed: {errors[0]}", flush=True)
+            self.rows = [r for r in got if "error" not in r]
+            self.proc.join(timeout=5)
+        return self.rows
+
+
+def run_one(args, L: int, seed: int, steps: int, every: int, chunk_len, tiled_holder: dict, max_seconds: float) -> dict:
+    import lightning.pytorch as pl
+    import torch
+
+    pl.seed_everything(seed, verbose=False)
+    T = max(args.lengths)
+    dm = make_datamodule(args, seed, steps)
     if "tiled" not in tiled_holder:
         tiled_holder["tiled"] = TiledRegion(dm, args.val_tiles, T)
-        tiled_holder["dm"] = dm
     tiled = tiled_holder["tiled"]
     model = build_model(args, chunk_len)
     hist = History()
@@ -335,8 +383,8 @@ def write_results(rows: list[dict], markov: list[dict], meta: dict, out: Path, t
                   for m in markov]
     lines += ["", "## Summary (computed from the rows above)", ""] + summary(done, markov)
     C.write_text(base.with_suffix(".md"), "\n".join(lines) + "\n")
-    png = plot(done, markov, meta, base.with_suffix(".png"))
-    return [base.with_suffix(".md"), base.with_suffix(".json"), png]
+    png = C.plot_or_skip(plot, done, markov, meta, base.with_suffix(".png"))
+    return [base.with_suffix(".md"), base.with_suffix(".json")] + ([png] if png else [])
 
 
 def noise_of(done: list[dict]) -> tuple[int, float] | None:
@@ -418,7 +466,7 @@ def plot(done: list[dict], markov: list[dict], meta: dict, path: Path) -> Path:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="CPU check in about a minute: lengths 64/256/1024, a d_model 32 "
-                    "2-layer model, 12k tokens per run (defaults below are replaced unless given)")
+                    "2-layer model, 8k tokens per run (defaults below are replaced unless given)")
     ap.add_argument("--lengths", nargs="+", type=int, default=[2 ** k for k in range(10, 21, 2)])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="the first seeds every length; all of them "
                     "run at --noise-length")
@@ -458,6 +506,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work-dir", default="runs/dna_pretrain_context")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--tag", default=None, help="results file suffix (default: the device type)")
+    ap.add_argument("--from-json", default=None, metavar="JSON", help="rewrite the markdown and the plot of a results "
+                    "JSON (e.g. one written on the GPU machine) into --out, with --tag or the JSON's tag, and exit")
     given = set()
     argv_list = list(sys.argv[1:] if argv is None else argv)
     for a in argv_list:
@@ -466,6 +516,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv_list)
     if args.stage_data:
         C.stage_data(args.stage_data, list(C.DATA))
+        return 0
+    if args.from_json:
+        res = json.loads(Path(args.from_json).read_text())
+        tag = args.tag or Path(args.from_json).stem.removeprefix("dna_pretrain_context_")
+        print("wrote " + ", ".join(map(str, write_results(res["rows"], res.get("markov") or [], res["meta"],
+                                                         Path(args.out), tag))))
         return 0
     if args.tiny:
         for k, v in TINY.items():
@@ -494,6 +550,7 @@ def main(argv=None) -> int:
     runs += [(L, args.seeds[0]) for L in C.bisect_order([L for L in args.lengths if L not in (Lmin, Lmax)])]
     T = Lmax * args.batch_windows
 
+    anchor = Anchor(args)  # before the probe: the child is forked before CUDA starts
     probe_s, chunk_len = probe(args, chunk_len, args.lengths) if (args.tokens == "auto" or args.chunk_len == "auto") \
         else ({}, chunk_len)
     sps = max(probe_s.values()) if probe_s else None
@@ -502,8 +559,7 @@ def main(argv=None) -> int:
     if args.tokens == "auto":
         if args.time_budget is None:
             raise SystemExit("--tokens auto needs --time-budget (or give --tokens N)")
-        markov_s = 4.0 * len(args.markov_orders) * (1 if gpu else 2)
-        left = clock.left() * args.safety - markov_s - len(runs) * (args.run_overhead + eval_s)
+        left = clock.left() * args.safety - len(runs) * (args.run_overhead + eval_s)
         steps = int(left / (len(runs) * sps))
         if steps < 4:
             raise SystemExit(f"--time-budget {args.time_budget}: {clock.left():.0f} s left leave {steps} steps per run "
@@ -536,10 +592,9 @@ def main(argv=None) -> int:
 
     rows: list[dict] = []
     holder: dict = {}
-    markov: list[dict] = []
     out = Path(args.out)
     planned_run_s = (sps * steps) if sps else None
-    for i, (L, seed) in enumerate(runs):
+    for L, seed in runs:
         need = (planned_run_s or 0) + args.run_overhead + eval_s
         if args.time_budget is not None and clock.left() < need * 1.05:
             rows.append({"context": L, "seed": seed, "val_bpb": None,
@@ -550,10 +605,10 @@ def main(argv=None) -> int:
         if args.time_budget is not None:
             cap = min(cap, clock.left() - args.run_overhead - eval_s)
         rows.append(run_one(args, L, seed, steps, every, chunk_len, holder, cap))
-        if i == 0 and args.markov_orders:
-            markov = markov_anchor(holder["dm"], holder["tiled"], args.markov_orders, args.markov_train_bases)
         meta["total_s"] = round(clock.elapsed(), 1)
-        write_results(rows, markov, meta, out, tag)
+        write_results(rows, anchor.poll(), meta, out, tag)
+    markov = anchor.poll(wait=max(1.0, min(600.0, clock.left() - 5)))
+    meta["total_s"] = round(clock.elapsed(), 1)
     paths = write_results(rows, markov, meta, out, tag)
     print(f"dna_pretrain_context: {sum(r.get('val_bpb') is not None for r in rows)} of {len(runs)} runs in "
           f"{clock.elapsed() / 60:.1f} min; wrote " + ", ".join(map(str, paths)), flush=True)

@@ -1,0 +1,157 @@
+"""DNA benchmarks (issue 15): the named and block splits they rely on, the folding of windows into shorter
+sequences, and both scripts end to end with --tiny on real FASTA (chrX pretraining, then the context sweep
+fine-tuned from its checkpoint)."""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("pyfaidx")
+
+from mambaverse.genomics import FastaDataModule, GenomicsDataError  # noqa: E402
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+LAMBDA = Path("/usr/share/doc/bowtie2/examples/reference/lambda_virus.fa.gz")
+NEEDED = [LAMBDA, Path("/usr/share/doc/smalt/test/data/hs37chrXtrunc.fa.gz"),
+          Path("/usr/share/doc/smalt/test/data/genome_1.fa.gz"), Path("/usr/share/doc/smalt/test/data/cigar_ref.fa.gz"),
+          Path("/usr/share/doc/ragout/examples/S.Aureus/references/COL.fasta.gz")]
+for _p in NEEDED:
+    if not _p.exists():
+        pytest.skip(f"real FASTA {_p} not installed (apt-get install ragout-examples smalt-examples bowtie2-examples)",
+                    allow_module_level=True)
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("fasta_cache"))
+
+
+def _lambda_seq() -> str:
+    with gzip.open(LAMBDA, "rt") as fh:
+        return "".join(line.strip() for line in fh if not line.startswith(">"))
+
+
+def _overlaps(a, b) -> bool:
+    return a.record == b.record and a.source == b.source and a.start < b.end and b.start < a.end
+
+
+def test_blocks_split_scatters_disjoint_blocks_and_ignores_the_path(tmp_path, cache):
+    copy = tmp_path / "elsewhere" / LAMBDA.name
+    copy.parent.mkdir()
+    shutil.copyfile(LAMBDA, copy)
+    kw = dict(window=500, batch_size=2, split="blocks", block_size=1000, split_fractions=(0.8, 0.0, 0.2),
+              val_windows=0, test_windows=8, cache_dir=cache)
+    dm = FastaDataModule({"lambda": [str(LAMBDA)]}, **kw)
+    dm.setup("fit")
+    n = 48502
+    train, test = dm.spans["train"], dm.spans["test"]
+    # the spans tile the record exactly, and no held-out span touches a training span
+    covered = sorted((s.start, s.end) for s in train + test)
+    assert covered[0][0] == 0 and covered[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(covered, covered[1:]))
+    assert not any(_overlaps(a, b) for a in train for b in test)
+    # 20% of the 49 blocks (rounded) held out, scattered rather than at one end
+    held = sum(-(-(s.end - s.start) // 1000) for s in test)
+    assert held == round(0.2 * 49)
+    assert len(test) >= 3 and min(s.start for s in test) < n / 2 < max(s.end for s in test)
+    # test windows lie inside held-out blocks
+    for w in dm.fixed_windows("test"):
+        assert any(s.start <= w.start and w.end <= s.end for s in test)
+    # the same blocks from a copy elsewhere (seeded by record name, not path); other ones with another seed
+    same = FastaDataModule({"lambda": [str(copy)]}, **kw)
+    same.setup("fit")
+    assert [(s.start, s.end) for s in same.spans["test"]] == [(s.start, s.end) for s in test]
+    other = FastaDataModule({"lambda": [str(LAMBDA)]}, **{**kw, "seed": 1})
+    other.setup("fit")
+    assert [(s.start, s.end) for s in other.spans["test"]] != [(s.start, s.end) for s in test]
+
+
+def test_blocks_split_needs_blocks_that_hold_a_window():
+    with pytest.raises(GenomicsDataError, match="block_size"):
+        FastaDataModule({"lambda": [str(LAMBDA)]}, window=512, split="blocks", block_size=256)
+    with pytest.raises(GenomicsDataError, match="block_size"):
+        FastaDataModule({"lambda": [str(LAMBDA)]}, window=512, split="blocks")
+
+
+def test_named_split_holds_out_records_by_name(tmp_path, cache):
+    seq = _lambda_seq()
+    fa = tmp_path / "two_species.fa"
+    names = ["MAL1", "MAL4", "MAL14", "Pk.4.1", "Pk.14.2", "Pk.BIN.3"]
+    fa.write_text("".join(f">{name} piece {i}\n{seq[i * 8000:(i + 1) * 8000]}\n" for i, name in enumerate(names)))
+    dm = FastaDataModule({"x": [str(fa)]}, window=1000, split="named", split_records={"test": r"MAL(4)|Pk\.(4)\.\d+"},
+                         val_windows=0, test_windows=4, cache_dir=cache)
+    dm.setup("fit")
+    assert sorted(s.record for s in dm.spans["test"]) == ["MAL4", "Pk.4.1"]  # fullmatch: MAL14 stays in training
+    assert sorted(s.record for s in dm.spans["train"]) == ["MAL1", "MAL14", "Pk.14.2", "Pk.BIN.3"]
+    assert {w.record for w in dm.fixed_windows("test")} == {"MAL4", "Pk.4.1"}
+    with pytest.raises(GenomicsDataError, match="split_records.test"):
+        FastaDataModule({"x": [str(fa)]}, window=1000, split="named", split_records={"test": r"chr9"}, val_windows=0,
+                        cache_dir=cache).setup("fit")
+    with pytest.raises(GenomicsDataError, match="not a regular expression"):
+        FastaDataModule({"x": [str(fa)]}, split="named", split_records={"test": "MAL("})
+    with pytest.raises(GenomicsDataError, match="split_records"):
+        FastaDataModule({"x": [str(fa)]}, split="named", split_records={"train": "MAL1"})
+
+
+def test_fold_keeps_every_target_once():
+    pre = _load("dna_pretrain_context")
+    ids = torch.arange(2 * 16 + 2).reshape(2, 17)
+    pieces = pre.fold(ids, 4)
+    assert pieces.shape == (8, 5)
+    # inputs then targets: each window's 16 targets appear once, in order
+    assert torch.equal(pieces[:4, 1:].reshape(-1), ids[0, 1:]) and torch.equal(pieces[4:, 1:].reshape(-1), ids[1, 1:])
+    assert torch.equal(pieces[:4, :-1].reshape(-1), ids[0, :-1])
+    with pytest.raises(ValueError):
+        pre.fold(ids, 5)
+
+
+def test_tiny_pretraining_then_sweep_end_to_end(tmp_path, cache):
+    """Both scripts with --tiny on real chrX, Plasmodium and S. aureus FASTA: results files, the same held-out
+    bases at every length, a checkpoint that the sweep's pretrained runs load, and a time cap that leaves a
+    results file whose rows say they were not run."""
+    pre, sweep = _load("dna_pretrain_context"), _load("dna_context_sweep")
+    out, ckpt = tmp_path / "results", tmp_path / "chrX.ckpt"
+    assert pre.main(["--tiny", "--out", str(out), "--save-ckpt", str(ckpt), "--cache-dir", cache,
+                     "--work-dir", str(tmp_path / "runs")]) == 0
+    res = json.loads((out / "dna_pretrain_context_cpu_tiny.json").read_text())
+    rows = res["rows"]
+    assert sorted((r["context"], r["seed"]) for r in rows) == [(64, 0), (256, 0), (1024, 0), (1024, 1)]
+    assert len({r["val_bases"] for r in rows}) == 1 and len({r["train_tokens"] for r in rows}) == 1
+    assert all(math.isfinite(r["val_bpb"]) and 1.0 < r["val_bpb"] < 4.0 for r in rows)
+    assert [r["sequences_per_step"] for r in sorted(rows, key=lambda r: r["context"])][:3] == [16, 4, 1]
+    assert {m["order"] for m in res["markov"]} == {2, 4}
+    md = (out / "dna_pretrain_context_cpu_tiny.md").read_text()
+    assert "run-to-run noise" in md and "| 1,024 | 10 | 1 |" in md
+    assert (out / "dna_pretrain_context_cpu_tiny.png").stat().st_size > 1000
+
+    assert sweep.main(["--tiny", "--pretrained", str(ckpt), "--out", str(out), "--cache-dir", cache,
+                       "--work-dir", str(tmp_path / "sweep")]) == 0
+    rows = json.loads((out / "dna_context_sweep_cpu_tiny.json").read_text())["rows"]
+    assert {(r["task"], r["init"], r["context"]) for r in rows} == {
+        (t, i, L) for t in ("plasmodium", "strains") for i in ("pretrained", "scratch") for L in (64, 256)}
+    for r in rows:
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["test_windows"] >= r["classes"] * 4
+        assert (r["pretrained_tensors"] > 0) == (r["init"] == "pretrained")
+    md = (out / "dna_context_sweep_cpu_tiny.md").read_text()
+    assert "by chromosome" in md and "random blocks" in md
+
+    # a time budget too small for any run: every row says so, and the files are still written
+    assert pre.main(["--tiny", "--time-budget", "1", "--out", str(tmp_path / "cut"), "--save-ckpt", "",
+                     "--cache-dir", cache, "--tag", "cut"]) == 0
+    cut = json.loads((tmp_path / "cut" / "dna_pretrain_context_cut.json").read_text())["rows"]
+    assert len(cut) == 4 and all(r["val_bpb"] is None and r["status"].startswith("not run") for r in cut)
+    assert all((tmp_path / "cut" / f"dna_pretrain_context_cut.{e}").exists() for e in ("md", "png"))
