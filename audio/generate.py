@@ -12,6 +12,7 @@ with the standard library's ``wave``: neither soundfile nor omegaconf is needed.
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 import time
 import wave
@@ -90,7 +91,8 @@ def load_task(ckpt_path: str, map_location="cpu"):
         hparams = dict(ckpt["hyper_parameters"])
         task = WaveformLM(**{k: v for k, v in hparams.items() if not k.startswith("_")})
         task.load_state_dict(ckpt["state_dict"])
-    except (KeyError, RuntimeError, TypeError, EOFError) as exc:
+    except (KeyError, RuntimeError, TypeError, EOFError, pickle.UnpicklingError) as exc:
+        # UnpicklingError: a pickle that is more than tensors (weights_only refused it, nothing ran)
         raise AudioDataError(f"--ckpt_path {ckpt_path}: not a WaveformLM checkpoint "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
     return task.eval()

@@ -142,7 +142,7 @@ class _DNABase(pl.LightningModule):
         if length < ps or length % ps:
             raise ConfigError(f"{who}: {length} bases is not a positive multiple of patch_size={ps}; the stem would "
                               f"drop {length % ps if length >= ps else length} tail bases; use a window of "
-                              f"{max(ps, length - length % ps)} or {length + ps - length % ps}")
+                              + " or ".join(map(str, sorted({max(ps, length - length % ps), length + ps - length % ps}))))
         if getattr(self.hparams, "pooling", None) == "cls" and self.rc and not self.causal and length % 2:
             raise ConfigError(f"{who}: {length} bases is odd, but pooling: cls puts [CLS] in the middle, which only an "
                               f"even length keeps RC-symmetric; use window {length - 1} or {length + 1}")

@@ -262,6 +262,19 @@ def _compact(message: str) -> str:
     return " ".join(" ".join(keep).split())
 
 
+def _interpolation_error(exc: BaseException) -> str | None:
+    """A ``${...}`` given on the command line that names no key reaches us as jsonargparse's many-line union error
+    (a config file's is an omegaconf exception): its one line, or None for any other error."""
+    import re
+
+    text = str(exc)
+    found = re.search(r"(Interpolation key '[^']*' not found)", text)
+    if not found:
+        return None
+    key = re.search(r"full_key:\s*(\S+)", text)
+    return f"config{' key ' + repr(key.group(1)) if key else ''}: {found.group(1)}"
+
+
 def main(argv=None):
     given = argv
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -383,9 +396,13 @@ def main(argv=None):
         cause = exc
         while cause is not None and not isinstance(cause, MambaverseError):
             cause = cause.__cause__ or cause.__context__
-        if cause is None:
+        if cause is not None:
+            print(f"mambaverse: error: {cause}", file=sys.stderr)
+            return 2
+        interpolation = _interpolation_error(exc)
+        if interpolation is None:
             raise
-        print(f"mambaverse: error: {cause}", file=sys.stderr)
+        print(f"mambaverse: error: {interpolation}", file=sys.stderr)
         return 2
     return 0
 

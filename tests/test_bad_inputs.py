@@ -339,7 +339,48 @@ VISION_CASES = [
     ("idx_bad_magic", lambda t: _vision().read_idx(_w(t / "x.idx", b"\x01\x02\x03\x04rest")), "x.idx"),
 ]
 
-ERROR_CASES = FASTA_CASES + DATA_CASES + MODEL_CASES + CKPT_CASES + BACKBONE_CASES + AUDIO_CASES + VISION_CASES
+# ------------------------------------------------------------------------ found by re-checking issue 16
+def generate_ckpt_pickle_payload(t):
+    """`mambaverse generate --ckpt_path` on a pickle with a __reduce__ payload: refused, and the payload never runs."""
+    pytest.importorskip("soundfile")
+    from mambaverse.audio.generate import load_task
+
+    marker = t / "payload_ran"
+    torch.save({"state_dict": {}, "hyper_parameters": _Payload(str(marker))}, t / "evil.ckpt")
+    try:
+        load_task(str(t / "evil.ckpt"))
+    finally:
+        assert not marker.exists(), "the pickle payload ran"
+
+
+class _Payload:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def window_shorter_than_patch(t):
+    _clf(patch_size=16).check_length(8)
+
+
+def fasta_cache_is_read_only_file(t):
+    from mambaverse.genomics.fasta import prepare_fasta
+
+    (t / "blocker").write_text("x")
+    with gzip.open(t / "g.fa.gz", "wt") as fh:
+        fh.write(">r\nACGT\n")
+    prepare_fasta(t / "g.fa.gz", cache_dir=t / "blocker" / "cache")
+
+
+RECHECK_CASES = [
+    ("generate_ckpt_pickle_payload", generate_ckpt_pickle_payload, "evil.ckpt"),
+    ("window_shorter_than_patch", window_shorter_than_patch, "use a window of 16"),
+    ("fasta_gz_cache_under_a_file", fasta_cache_is_read_only_file, "cache_dir"),
+]
+
+ERROR_CASES = RECHECK_CASES + FASTA_CASES + DATA_CASES + MODEL_CASES + CKPT_CASES + BACKBONE_CASES + AUDIO_CASES + VISION_CASES
 
 
 def test_table_is_large():
@@ -439,9 +480,20 @@ def test_cli_errors_are_one_line_without_usage(tmp_path, capsys):
     ]
     (tmp_path / "empty.ckpt").write_bytes(b"")
     cases.append((["validate", "--config", str(good), "--ckpt_path", str(tmp_path / "empty.ckpt")], "empty.ckpt"))
+    # a ${...} naming no key, given on the command line (jsonargparse, not omegaconf, reports this one)
+    cases.append((["fit", "--config", str(good), "--model.init_args.output_dir", "${no.such.key}"], "no.such.key"))
+    # an output folder under a file, and a checkpoint of another architecture
+    (tmp_path / "afile").write_text("x")
+    cases.append((["fit", "--config", str(good), "--trainer.default_root_dir", str(tmp_path / "afile" / "r")],
+                  "trainer.default_root_dir"))
+    m = _clf()
+    ck = _ckpt(tmp_path, m, "arch.ckpt", {**m.hparams, "_class_path": "mambaverse.genomics.DNAClassifier"})
+    cases.append((["test", "--config", str(good), "--model.init_args.pooling", "last", "--ckpt_path", str(ck)],
+                  "pooling: 'mean' in the checkpoint vs 'last' in the config"))
     for argv, needle in cases:
         assert main(argv) == 2, argv
-        err = capsys.readouterr().err.strip()
+        # Lightning's own "seed set to 0" lines come first when the error is found after seeding
+        err = "\n".join(ln for ln in capsys.readouterr().err.strip().splitlines() if "seed set to" not in ln.lower())
         assert "usage:" not in err and needle in err, err
         assert len(err.splitlines()) == 1, err
 
