@@ -95,7 +95,8 @@ def model_for(task: str, init: str, args):
 
     backbone, overrides = args.arch
     return DNAClassifier(num_classes=len(TASKS[task]["files"]), backbone=backbone, backbone_overrides=overrides or None,
-                         pooling="mean", patch_size=1, stem="patch", lr=args.lr, warmup_steps=args.lr_warmup_steps,
+                         pooling="mean", patch_size=1, stem="patch", lr=args.lr,
+                         warmup_steps=args.lr_warmup_steps if args.lr_warmup_steps is not None else 1,  # unset while probing
                          output_dir=str(Path(args.work_dir) / f"{task}_{init}"),
                          pretrained_ckpt=args.pretrained if init == "pretrained" else None)
 

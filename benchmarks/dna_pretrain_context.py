@@ -186,7 +186,8 @@ def build_model(args, chunk_len):
     if chunk_len:
         overrides["chunk_len"] = int(chunk_len)
     return DNALanguageModel(backbone=args.backbone, backbone_overrides=overrides or None, objective="causal",
-                            lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.lr_warmup_steps)
+                            lr=args.lr, weight_decay=args.weight_decay,
+                            warmup_steps=args.lr_warmup_steps if args.lr_warmup_steps is not None else 1)  # unset while probing
 
 
 def probe(args, chunk_len, lengths: list[int]) -> tuple[dict, int | None]:
