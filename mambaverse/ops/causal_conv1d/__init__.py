@@ -4,13 +4,17 @@ x (b, d, l), weight (d, k), bias (d,) or None. Causal: y_t = act(bias + sum_j we
 ``reverse=True`` is the anti-causal mirror (equal to flip -> conv -> flip): y_t uses x_t .. x_{t+k-1}.
 ``initial_state`` (b, d, k-1) holds the k-1 inputs before position 0 (after position l-1 when reversed);
 ``return_final_state`` also returns the last k-1 inputs, which continue the sequence in a later call.
+
+Under ``torch.compile`` the call goes through the custom op ``torch.ops.mambaverse.causal_conv1d``
+(``mambaverse.ops.custom``), whatever the backend.
 """
 from __future__ import annotations
 
 import torch
 
 from ...errors import ShapeError
-from ..dispatch import ALL_DTYPES, REAL_DTYPES, Backend, cuda_and, module_importable, register_backend, select
+from ..custom import DifferentiableOp, compiling, resolve_backend
+from ..dispatch import ALL_DTYPES, REAL_DTYPES, TABLE, Backend, cuda_and, module_importable, register_backend
 from ..dispatch import triton_kernel
 from .library import causal_conv1d_library
 from .pytorch import causal_conv1d_step, causal_conv1d_torch
@@ -50,12 +54,32 @@ def _check(x, weight, bias, activation, initial_state):
         raise ShapeError(f"causal_conv1d: inputs are on several devices {sorted(map(str, devices))}; expected one")
 
 
+def _outputs(x, weight, bias, activation, reverse, initial_state, return_final_state, backend):
+    """(shape, dtype) of y and of the conv state leaving (None when not returned): both in x's dtype."""
+    y = (tuple(x.shape), x.dtype)
+    if not return_final_state:
+        return y, None
+    return y, ((x.shape[0], x.shape[1], weight.shape[1] - 1), x.dtype)
+
+
+def _impl(x, weight, bias, activation, reverse, initial_state, return_final_state, backend):
+    res = TABLE[OP][backend].fn(x, weight, bias, activation, reverse, initial_state, return_final_state)
+    return res if return_final_state else (res, None)
+
+
+#: ``mambaverse::causal_conv1d``: (y, conv state or an empty placeholder); see ``mambaverse.ops.custom``.
+causal_conv1d_op = DifferentiableOp(
+    OP, [("Tensor", "x"), ("Tensor", "weight"), ("Tensor?", "bias"), ("str?", "activation"), ("bool", "reverse"),
+         ("Tensor?", "initial_state"), ("bool", "return_final_state"), ("str", "backend")], 2, _outputs, _impl)
+
+
 def causal_conv1d(x, weight, bias=None, activation=None, reverse=False, initial_state=None,
                   return_final_state=False, backend="auto"):
     """Depthwise causal conv1d (Mamba's short conv, Gu & Dao 2023 Fig. 3); see the module docstring.
 
     ``backend``: auto (the fastest available backend that serves the call: causal_conv1d, then triton on
-    CUDA; torch on CPU), torch, triton or causal_conv1d.
+    CUDA; torch on CPU), torch, triton or causal_conv1d. Under ``torch.compile`` the chosen backend runs inside
+    the custom op ``mambaverse::causal_conv1d``.
 
     Raises:
         ShapeError: an argument breaks the contract.
@@ -73,14 +97,18 @@ def causal_conv1d(x, weight, bias=None, activation=None, reverse=False, initial_
         needs.add("reverse")
     if weight.shape[1] > 4 or weight.shape[1] < 2:
         needs.add("wide_kernel")
-    row = select(OP, backend, x.device, x.dtype, needs)
+    name = resolve_backend(OP, backend, x.device, x.dtype, needs)
     if x.shape[-1] == 0:  # no steps: an empty output, and the conv state passes through unchanged
         y = x.new_zeros(x.shape)
         if not return_final_state:
             return y
         k = weight.shape[1]
         return y, (initial_state if initial_state is not None else x.new_zeros(x.shape[0], x.shape[1], k - 1))
-    return row.fn(x, weight, bias, activation, reverse, initial_state, return_final_state)
+    if compiling():  # one opaque node for torch.compile, whatever the backend
+        y, state = causal_conv1d_op(x, weight, bias, activation, bool(reverse), initial_state,
+                                    bool(return_final_state), name)
+        return (y, state) if return_final_state else y
+    return TABLE[OP][name].fn(x, weight, bias, activation, reverse, initial_state, return_final_state)
 
 
-__all__ = ["causal_conv1d", "causal_conv1d_step", "causal_conv1d_torch", "causal_conv1d_triton"]
+__all__ = ["causal_conv1d", "causal_conv1d_op", "causal_conv1d_step", "causal_conv1d_torch", "causal_conv1d_triton"]

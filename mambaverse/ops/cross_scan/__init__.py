@@ -5,13 +5,17 @@ Routes, for x (b, c, h, w) and L = h*w:
   2: route 0 reversed                              3: route 1 reversed
 cross_scan(x) -> (b, 4, c, L); cross_merge(y, h, w) maps each route back to its pixel and sums the
 four, so cross_merge(cross_scan(x), h, w) == 4 * x.
+
+Under ``torch.compile`` the unfused path is plain tensor code around a ``mambaverse::selective_scan`` custom op,
+and the fused kernel is the custom op ``torch.ops.mambaverse.cross_selective_scan`` (``mambaverse.ops.custom``).
 """
 from __future__ import annotations
 
 import torch
 
 from ...errors import ShapeError
-from ..dispatch import REAL_DTYPES, Backend, register_backend, select, triton_kernel
+from ..custom import DifferentiableOp, compiling, resolve_backend
+from ..dispatch import REAL_DTYPES, TABLE, Backend, register_backend, triton_kernel
 from ..selective_scan import check_scan_inputs, selective_scan
 from ..selective_scan.common import compute_dtype
 from .triton import cross_selective_scan_triton
@@ -63,6 +67,21 @@ def cross_selective_scan_reference(x, delta, A, B, C, D=None, delta_bias=None, d
     return cross_merge(ys.reshape(b, ROUTES, c, L), h, w)
 
 
+def _outputs(x, delta, A, B, C, D, delta_bias, delta_softplus, backend):
+    """(shape, dtype) of the merged output: x's."""
+    return ((tuple(x.shape), x.dtype),)
+
+
+def _impl(x, delta, A, B, C, D, delta_bias, delta_softplus, backend):
+    return TABLE[OP][backend].fn(x, delta, A, B, C, D, delta_bias, delta_softplus)
+
+
+#: ``mambaverse::cross_selective_scan`` (the fused kernel's path); see ``mambaverse.ops.custom``.
+cross_selective_scan_op = DifferentiableOp(
+    OP, [("Tensor", "x"), ("Tensor", "delta"), ("Tensor", "A"), ("Tensor", "B"), ("Tensor", "C"), ("Tensor?", "D"),
+         ("Tensor?", "delta_bias"), ("bool", "delta_softplus"), ("str", "backend")], 1, _outputs, _impl)
+
+
 def cross_selective_scan(x, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, backend="auto"):
     """Scan an image along its four routes with per-route parameters, then merge.
 
@@ -83,7 +102,9 @@ def cross_selective_scan(x, delta, A, B, C, D=None, delta_bias=None, delta_softp
     check_scan_inputs(x.new_empty(b, ROUTES * c, h * w), delta.reshape(b, ROUTES * c, h * w), A, B, C, D, None, delta_bias)
     dtype = compute_dtype(x, delta, A, B, C, D, delta_bias)
     if backend in ("auto", "triton"):
-        row = select(OP, backend, x.device, dtype if dtype == torch.float64 else x.dtype, set())
-        if row.name == "triton":
+        name = resolve_backend(OP, backend, x.device, dtype if dtype == torch.float64 else x.dtype, set())
+        if name == "triton":
+            if compiling():  # one opaque node for torch.compile
+                return cross_selective_scan_op(x, delta, A, B, C, D, delta_bias, bool(delta_softplus), name)[0]
             return cross_selective_scan_triton(x, delta, A, B, C, D, delta_bias, delta_softplus)
     return cross_selective_scan_reference(x, delta, A, B, C, D, delta_bias, delta_softplus, "auto" if backend == "scan" else backend)

@@ -37,13 +37,17 @@ that point are dropped: they are multiplied by a decay below the fp32 range, and
 itself an underflowed exp(A * sum dt) its gradient to the sum is zero anyway. Passing a decay as
 ``decay_in`` rather than premultiplying it into ``h_in`` lets a correction whose state has decayed away
 stop at once (context parallel corrects chunk after chunk with the decay from the slice's edge).
+
+Under ``torch.compile`` the call goes through the custom op ``torch.ops.mambaverse.state_correction``
+(``mambaverse.ops.custom``), whatever the backend.
 """
 from __future__ import annotations
 
 import torch
 
 from ...errors import ShapeError
-from ..dispatch import ALL_DTYPES, REAL_DTYPES, Backend, register_backend, select, triton_kernel
+from ..custom import DifferentiableOp, compiling, resolve_backend
+from ..dispatch import ALL_DTYPES, REAL_DTYPES, TABLE, Backend, register_backend, triton_kernel
 from ..selective_scan.common import compute_dtype, shape_str
 from .naive import state_correction_naive
 from .pytorch import state_correction_torch
@@ -92,6 +96,22 @@ def _check(delta, A, C, h_in, z, delta_bias, decay_in):
         raise ShapeError(f"{op}: inputs are on several devices {sorted(map(str, devices))}; expected one")
 
 
+def _outputs(delta, A, C, h_in, z, delta_bias, delta_softplus, reverse, decay_in, backend):
+    """(shape, dtype) of the correction: delta's."""
+    return ((tuple(delta.shape), delta.dtype),)
+
+
+def _impl(delta, A, C, h_in, z, delta_bias, delta_softplus, reverse, decay_in, backend):
+    return TABLE[OP][backend].fn(delta, A, C, h_in, z, delta_bias, delta_softplus, reverse, decay_in)
+
+
+#: ``mambaverse::state_correction``; see ``mambaverse.ops.custom``.
+state_correction_op = DifferentiableOp(
+    OP, [("Tensor", "delta"), ("Tensor", "A"), ("Tensor", "C"), ("Tensor", "h_in"), ("Tensor?", "z"),
+         ("Tensor?", "delta_bias"), ("bool", "delta_softplus"), ("bool", "reverse"), ("Tensor?", "decay_in"),
+         ("str", "backend")], 1, _outputs, _impl)
+
+
 def state_correction(delta, A, C, h_in, z=None, delta_bias=None, delta_softplus=False, reverse=False,
                      decay_in=None, backend="auto"):
     """The output a selective scan gains from a state ``h_in`` entering its segment; see the module docstring.
@@ -101,7 +121,8 @@ def state_correction(delta, A, C, h_in, z=None, delta_bias=None, delta_softplus=
     delta_bias, delta_softplus, r)`` (values and gradients, up to rounding); ``decay_in=P`` stands for
     ``initial_state=P * h_in``.
 
-    ``backend``: auto (triton on CUDA, torch on CPU), triton, torch or naive.
+    ``backend``: auto (triton on CUDA, torch on CPU), triton, torch or naive. Under ``torch.compile`` the chosen
+    backend runs inside the custom op ``mambaverse::state_correction``.
 
     Raises:
         ShapeError: an argument breaks the shape/dtype contract.
@@ -114,8 +135,11 @@ def state_correction(delta, A, C, h_in, z=None, delta_bias=None, delta_softplus=
     if C.dim() == 4:
         needs.add("grouped")
     dtype = compute_dtype(delta, A, C, h_in, z, delta_bias, decay_in)
-    row = select(OP, backend, delta.device, dtype if dtype == torch.float64 else delta.dtype, needs)
-    return row.fn(delta, A, C, h_in, z, delta_bias, delta_softplus, reverse, decay_in)
+    name = resolve_backend(OP, backend, delta.device, dtype if dtype == torch.float64 else delta.dtype, needs)
+    if compiling():  # one opaque node for torch.compile, whatever the backend
+        return state_correction_op(delta, A, C, h_in, z, delta_bias, bool(delta_softplus), bool(reverse), decay_in,
+                                   name)[0]
+    return TABLE[OP][name].fn(delta, A, C, h_in, z, delta_bias, delta_softplus, reverse, decay_in)
 
 
-__all__ = ["state_correction", "state_correction_naive", "state_correction_torch", "state_correction_triton"]
+__all__ = ["state_correction", "state_correction_op", "state_correction_naive", "state_correction_torch", "state_correction_triton"]

@@ -38,9 +38,11 @@ def state_correction_torch(delta, A, C, h_in, z=None, delta_bias=None, delta_sof
         Cx = Cx.flip(-1)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (delta, A, C, h_in, delta_bias, decay_in))
     P = torch.ones(b, d, A.shape[1], dtype=real, device=delta.device) if decay_in is None else decay_in.to(real)
+    # the early stop reads P on the host; a CUDA graph being captured cannot sync, so it computes every block
+    can_stop = not (P.is_cuda and torch.cuda.is_current_stream_capturing())
     ys = []
     for s in range(0, l, block):
-        if s and not bool(P.any()):  # the decay has underflowed everywhere: the rest is exactly zero
+        if s and can_stop and not bool(P.any()):  # the decay has underflowed everywhere: the rest is exactly zero
             ys.append(dt.new_zeros(b, d, l - s))
             break
         args = (dt[..., s:s + block], Af, Cx[..., s:s + block].to(real), hf, P)
