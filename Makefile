@@ -22,8 +22,10 @@ data:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# OpenMP threads that sleep instead of spinning while they wait: on a busy shared 2-core box (load 6), a demo
+# training step took 6x the CPU time and 8x the wall time with torch's 2 spinning threads (measured)
 demo: install
-	$(PY) -m mambaverse.genomics.demo
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m mambaverse.genomics.demo
 
 # Triton kernels are tested on CPU through Triton's interpreter.
 test: install
