@@ -65,6 +65,7 @@ BIDIR_T = (1, 8, 32) if DRY else (4, 1536, 8192)
 BLOCK = (16, 32) if DRY else (768, 8192)
 LONG = (1, 4, 100) if DRY else (1, 512, 1 << 20)
 LINES: list[str] = []
+LATE: list = []  # (shape, note): full-size parity of the swept configs, run after the timings
 FAILS: list[str] = []
 OUT_PATH = None
 T0 = time.time()
@@ -141,11 +142,11 @@ def grads_of(fn, ts, seed):
 NAMES = "u delta A B C D z delta_bias".split()
 
 
-def parity_full(shape):
+def parity_full(shape, note=""):
     b, d, l = shape
     ts = make(b, d, l)
     seed = torch.randn(b, d, l, device=DEV, dtype=torch.bfloat16)
-    row = [f"B={b} D={d} L={l}"]
+    row = [f"B={b} D={d} L={l}{note}"]
     if selective_scan_fn is None:
         log(f"| {row[0]} | mamba-ssm missing: no full-size anchor |")
         return
@@ -180,7 +181,21 @@ def parity_long_state_carry():
 
 
 def parity_options():
-    """Everything mamba-ssm lacks, at reduced size against the naive fp32 oracle on the GPU."""
+    """Everything mamba-ssm lacks, at reduced size against the naive fp32 oracle on the GPU, for the
+    default row kernels and the two-level kernels."""
+    out = []
+    for cfg in (None, ((0, 256, 2), (0, 512, 2))):
+        old = set_rows_config(*cfg) if cfg else None
+        out += _parity_options(cfg)
+        if old:
+            set_rows_config(fwd=old["fwd"], bwd=old["bwd"])
+    log("| options vs naive (b=2 d=64 l=300, D z delta_bias softplus initial_state final_state) | max rel err over out/final/9 grads |")
+    log("|---|---|")
+    for line in out:
+        log(line)
+
+
+def _parity_options(cfg):
     b, d, l, n = OPT
     out = []
     for dtype in (torch.float32, torch.bfloat16):
@@ -203,13 +218,10 @@ def parity_options():
                 g1 = torch.autograd.grad((o1.float() * so).sum() + (f1 * sf).sum(), ts)
                 g2 = torch.autograd.grad((o2.float() * so).sum() + (f2 * sf).sum(), ts)
                 tol = 1e-4 if dtype == torch.float32 else 3e-2
-                name = f"{str(dtype)[6:]} reverse={reverse} grouped={grouped}"
+                name = f"{str(dtype)[6:]} reverse={reverse} grouped={grouped} kernels={cfg or 'default'}"
                 errs = [rel(o2, o1), rel(f2, f1)] + [rel(x, y) for x, y in zip(g2, g1)]
                 out.append(f"| {name} | {check(name, max(errs), tol)} |")
-    log("| options vs naive (b=2 d=64 l=300, D z delta_bias softplus initial_state final_state) | max rel err over out/final/9 grads |")
-    log("|---|---|")
-    for line in out:
-        log(line)
+    return out
 
 
 def parity_bidir_cross_conv():
@@ -296,10 +308,11 @@ def sweep(ts, fwd_cfgs, bwd_cfgs, seed):
 
 
 # (BLOCK_D, BLOCK_L, num_warps): about 2-16 steps per thread (mamba-ssm's kNItems is 16 with 128 threads)
-FWD_CFGS = [(1, 1024, 4), (1, 512, 2), (1, 2048, 8), (1, 512, 4)]
-BWD_CFGS = [(1, 1024, 4), (1, 512, 4), (1, 512, 2), (1, 1024, 8), (1, 256, 1)]
+# BLOCK_D 0 = the two-level kernels, S = BLOCK_L / (32 warps) steps per thread
+FWD_CFGS = [(1, 1024, 4), (1, 512, 2), (1, 2048, 8), (0, 512, 4), (0, 1024, 4), (0, 512, 2), (0, 256, 2)]
+BWD_CFGS = [(1, 1024, 4), (1, 512, 4), (1, 1024, 8), (0, 512, 4), (0, 256, 2), (0, 1024, 4)]
 if DRY:
-    FWD_CFGS, BWD_CFGS = [(1, 16, 4), (2, 8, 4)], [(1, 16, 4), (2, 16, 4)]
+    FWD_CFGS, BWD_CFGS = [(1, 16, 4), (0, 64, 1)], [(1, 16, 4), (0, 64, 1)]
 
 
 def time_shape(shape, bw):
@@ -307,6 +320,10 @@ def time_shape(shape, bw):
     ts = make(b, d, l)
     seed = torch.randn(b, d, l, device=DEV, dtype=torch.bfloat16)
     best_f, best_b = sweep(ts, FWD_CFGS, BWD_CFGS, seed)
+    del ts
+    set_rows_config(fwd=best_f, bwd=best_b)
+    LATE.append((shape, f" (swept best {best_f} / {best_b})"))  # the winners are checked at full size too
+    ts = make(b, d, l)
     set_rows_config(fwd=best_f, bwd=best_f)
     with torch.no_grad():
         t_of = bench(lambda: ours(ts))
@@ -469,6 +486,15 @@ def main():
     log("| bidirectional | pass | fused ours (old tile kernel) | two of our passes | anchor pair (+flips) | fused/anchor | two passes/anchor | HBM floor |")
     log("|---|---|---|---|---|---|---|---|")
     time_bidir(bw, cfgs[shapes[0]])
+    log("")
+    log("## Parity of the swept winners at full size (ours vs mamba-ssm, bf16)")
+    log("")
+    log("| shape (configs) | out | final state | " + " | ".join("d" + n for n in NAMES) + " |")
+    log("|---" * (3 + len(NAMES)) + "|")
+    for shape, note in LATE:
+        set_rows_config(*cfgs[shape])
+        parity_full(shape, note)
+    log(f"parity failures (all): {FAILS if FAILS else 'none'}")
     log("")
     log(f"(total {time.time() - t0:.0f} s)")
 

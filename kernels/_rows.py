@@ -88,7 +88,7 @@ def _add_steps(ptr, v, c, l, REV: tl.constexpr, BLOCK_L: tl.constexpr, NT: tl.co
 def _rows_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, h0_ptr, out_ptr, hT_ptr, ck_ptr,
     su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sA_d, sA_n,
-    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sz_b, sz_d, sz_l,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
     d, l, n, eB, eC, nck,
     REV: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DB: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_CK: tl.constexpr,
@@ -103,7 +103,6 @@ def _rows_fwd_kernel(
     mdn = md[:, None] & (offs_n[None, :] < n)
     offs_l = tl.arange(0, BLOCK_L)
 
-    A2 = tl.load(A_ptr + rows[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mdn, other=0.0).to(tl.float32) * 1.4426950408889634
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
     if HAS_DB:
@@ -119,7 +118,7 @@ def _rows_fwd_kernel(
     u_row = u_ptr + pb * su_b + rows[:, None] * su_d
     dt_row = dt_ptr + pb * sdt_b + rows[:, None] * sdt_d
     z_row = z_ptr + pb * sz_b + rows[:, None] * sz_d
-    out_row = out_ptr + (pb * d + rows[:, None]) * l
+    out_row = out_ptr + pb * so_b + rows[:, None] * so_d
     # every channel of the block is in one B/C group (the launcher guarantees it)
     B_row = B_ptr + pb * sB_b + ((pid_d * BLOCK_D) // eB) * sB_g
     C_row = C_ptr + pb * sC_b + ((pid_d * BLOCK_D) // eC) * sC_g
@@ -143,7 +142,8 @@ def _rows_fwd_kernel(
         for k in range(0, n):
             Bk = tl.load(B_row + k * sB_n + p * sB_l, mask=ml, other=0.0).to(tl.float32)
             Ck = tl.load(C_row + k * sC_n + p * sC_l, mask=ml, other=0.0).to(tl.float32)
-            a = tl.exp2(dt * _column(A2, offs_n, k)[:, None])
+            A2k = tl.load(A_ptr + rows * sA_d + k * sA_n, mask=md, other=0.0).to(tl.float32) * 1.4426950408889634
+            a = tl.exp2(dt * A2k[:, None])
             aC, bC = tl.associative_scan((a, dtu * Bk[None, :]), 1, _combine)
             hs = aC * _column(h, offs_n, k)[:, None] + bC
             y += hs * Ck[None, :]
@@ -153,7 +153,7 @@ def _rows_fwd_kernel(
         if HAS_Z:
             zz = tl.load(z_row + p[None, :] * sz_l, mask=mld, other=0.0).to(tl.float32)
             y = y * zz * tl.sigmoid(zz)
-        tl.store(out_row + p[None, :], y.to(out_ptr.dtype.element_ty), mask=mld)
+        tl.store(out_row + p[None, :] * so_l, y.to(out_ptr.dtype.element_ty), mask=mld)
     if STORE_HT:
         tl.store(hT_ptr + state_off, h, mask=mdn)
 
@@ -165,6 +165,7 @@ def _rows_bwd_kernel(
     su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sA_d, sA_n,
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sz_b, sz_d, sz_l,
     sdB_b, sdB_g, sdB_n, sdC_b, sdC_g, sdC_n,
+    sdo_b, sdo_d, sdo_l, sdu_b, sdu_d, sdu_l, sddt_b, sddt_d, sddt_l, sdz_b, sdz_d, sdz_l,
     d, l, n, eB, eC, nck,
     REV: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DB: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
@@ -180,8 +181,6 @@ def _rows_bwd_kernel(
     mdn = md[:, None] & (offs_n[None, :] < n)
     offs_l = tl.arange(0, BLOCK_L)
 
-    A = tl.load(A_ptr + rows[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mdn, other=0.0).to(tl.float32)
-    A2 = A * 1.4426950408889634
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
     if HAS_DB:
@@ -201,15 +200,16 @@ def _rows_bwd_kernel(
     u_row = u_ptr + pb * su_b + rows[:, None] * su_d
     dt_row = dt_ptr + pb * sdt_b + rows[:, None] * sdt_d
     z_row = z_ptr + pb * sz_b + rows[:, None] * sz_d
-    dense = (pb * d + rows[:, None]) * l  # out, dout, du, d_dt, dz are contiguous (b, d, l)
+    do_row = dout_ptr + pb * sdo_b + rows[:, None] * sdo_d
+    du_row = du_ptr + pb * sdu_b + rows[:, None] * sdu_d
+    ddt_row2 = ddt_ptr + pb * sddt_b + rows[:, None] * sddt_d
+    dz_row = dz_ptr + pb * sdz_b + rows[:, None] * sdz_d
     gB = (pid_d * BLOCK_D) // eB
     gC = (pid_d * BLOCK_D) // eC
     B_row = B_ptr + pb * sB_b + gB * sB_g
     C_row = C_ptr + pb * sC_b + gC * sC_g
     dB_row = dB_ptr + pb * sdB_b + gB * sdB_g
     dC_row = dC_ptr + pb * sdC_b + gC * sdC_g
-    ck_row = ck_ptr + (pb * nck * d + rows[:, None]) * n + offs_n[None, :]
-
     for ci in range(0, nck):
         c = nck - 1 - ci
         ml, p = _steps(c, offs_l, l, REV, BLOCK_L)
@@ -223,12 +223,12 @@ def _rows_bwd_kernel(
         raw1 = tl.load(dt_row + p1[None, :] * sdt_l, mask=mld1, other=0.0).to(tl.float32)
         _, dt1 = _dt_of(raw1, dbv, mld1, HAS_DB, SOFTPLUS)
         # dout and z are loaded again for dz after the state loop, so they hold no registers through it
-        dy = tl.load(dout_ptr + dense + p[None, :], mask=mld, other=0.0).to(tl.float32)
+        dy = tl.load(do_row + p[None, :] * sdo_l, mask=mld, other=0.0).to(tl.float32)
         if HAS_Z:
             zz = tl.load(z_row + p[None, :] * sz_l, mask=mld, other=0.0).to(tl.float32)
             dy = dy * zz * tl.sigmoid(zz)
         dtu = dt * u
-        h0c = tl.load(ck_row + c * d * n, mask=mdn, other=0.0)
+        ck_c = ck_ptr + (pb * nck + c) * d * n + rows * n  # the state entering this chunk, (BLOCK_D,) per k
         if HAS_D:
             y = Dv[:, None] * u
             du = Dv[:, None] * dy
@@ -242,11 +242,12 @@ def _rows_bwd_kernel(
         for k in range(0, n):
             Bk = tl.load(B_row + k * sB_n + p * sB_l, mask=ml, other=0.0).to(tl.float32)
             Ck = tl.load(C_row + k * sC_n + p * sC_l, mask=ml, other=0.0).to(tl.float32)
-            A2k = _column(A2, offs_n, k)[:, None]
+            Ak = tl.load(A_ptr + rows * sA_d + k * sA_n, mask=md, other=0.0).to(tl.float32)[:, None]
+            A2k = Ak * 1.4426950408889634
             a = tl.exp2(dt * A2k)
             bk = dtu * Bk[None, :]
             aC, bC = tl.associative_scan((a, bk), 1, _combine)
-            hs = aC * _column(h0c, offs_n, k)[:, None] + bC
+            hs = aC * tl.load(ck_c + k, mask=md, other=0.0)[:, None] + bC
             if HAS_Z:
                 y += hs * Ck[None, :]
             ar, gr = tl.associative_scan((tl.exp2(dt1 * A2k), dy * Ck[None, :]), 1, _combine, reverse=True)
@@ -257,7 +258,7 @@ def _rows_bwd_kernel(
             K_next = tl.where(offs_n[None, :] == k, K_k[:, None], K_next)
             dA_c = tl.where(offs_n[None, :] == k, dA_k[:, None], dA_c)
             GB = G * Bk[None, :]
-            ddt += X * _column(A, offs_n, k)[:, None] + GB * u
+            ddt += X * Ak + GB * u
             du += GB * dt
             if ATOMICS:  # off only in the benchmark's diagnosis (wrong dB/dC, to weigh the atomics)
                 _add_steps(dB_row + k * sdB_n, tl.sum(G * dtu, 0), c, l, REV, BLOCK_L, NT, STRIPED)
@@ -265,11 +266,11 @@ def _rows_bwd_kernel(
         K = K_next
         dA_acc += dA_c
         if HAS_Z:
-            do = tl.load(dout_ptr + dense + p[None, :], mask=mld, other=0.0).to(tl.float32)
+            do = tl.load(do_row + p[None, :] * sdo_l, mask=mld, other=0.0).to(tl.float32)
             zz = tl.load(z_row + p[None, :] * sz_l, mask=mld, other=0.0).to(tl.float32)
             sz = tl.sigmoid(zz)
             dz = do * y * sz * (1.0 + zz * (1.0 - sz))
-            tl.store(dz_ptr + dense + p[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mld)
+            tl.store(dz_row + p[None, :] * sdz_l, dz.to(dz_ptr.dtype.element_ty), mask=mld)
         if SOFTPLUS:  # dt before softplus, loaded again (no register held through the loop)
             raw = tl.load(dt_row + p[None, :] * sdt_l, mask=mld, other=0.0).to(tl.float32)
             raw, _ = _dt_of(raw, dbv, mld, HAS_DB, False)
@@ -277,8 +278,8 @@ def _rows_bwd_kernel(
         ddt = tl.where(mld, ddt, 0.0)
         if HAS_DB:
             ddb_acc += tl.sum(ddt, 1)
-        tl.store(ddt_ptr + dense + p[None, :], ddt.to(ddt_ptr.dtype.element_ty), mask=mld)
-        tl.store(du_ptr + dense + p[None, :], du.to(du_ptr.dtype.element_ty), mask=mld)
+        tl.store(ddt_row2 + p[None, :] * sddt_l, ddt.to(ddt_ptr.dtype.element_ty), mask=mld)
+        tl.store(du_row + p[None, :] * sdu_l, du.to(du_ptr.dtype.element_ty), mask=mld)
 
     tl.store(dA_ptr + state_off, dA_acc, mask=mdn)
     if HAS_D:
@@ -287,6 +288,275 @@ def _rows_bwd_kernel(
         tl.store(ddb_ptr + pb * d + offs_d, ddb_acc, mask=md)
     if STORE_DH0:
         tl.store(dh0_ptr + state_off, K, mask=mdn)
+
+
+# ----------------------------------------------------------------------------- two-level variant
+# Triton lays a 1-D step tile out with one step per thread per wrap, so tl.associative_scan over a chunk
+# runs one warp-shuffle scan per wrap. The two-level kernels below fix the step -> thread map themselves:
+# a chunk is an (S, NT) tile whose column t holds steps t*S .. t*S+S-1, all in thread t's registers. The
+# scan is then an in-thread scan along S, plus one cross-thread scan of NT per-thread maps. The map
+# entering thread t is the product of the maps of threads < t: each thread recomputes its predecessor's
+# segment in-thread (a second, cached load of its inputs) instead of shifting values across threads, and
+# slot 0 takes the carry from the previous chunk. One channel per program.
+
+
+@triton.jit
+def _last_row(x, S: tl.constexpr):
+    """Row S-1 of an (S, NT) tile, as an (NT,) vector (in-thread: the S axis is in registers)."""
+    return tl.sum(tl.where(tl.arange(0, S)[:, None] == S - 1, x, 0.0), 0)
+
+
+@triton.jit
+def _first_row(x, S: tl.constexpr):
+    return tl.sum(tl.where(tl.arange(0, S)[:, None] == 0, x, 0.0), 0)
+
+
+@triton.jit
+def _entering(a_prev, b_prev, carry, S: tl.constexpr, NT: tl.constexpr):
+    """The state entering each thread's segment: a_prev, b_prev are the (S, NT) step maps of the
+    predecessor segment; thread 0's predecessor is the previous chunk, whose end state is carry."""
+    pa, pb_ = tl.associative_scan((a_prev, b_prev), 0, _combine)
+    ta = _last_row(pa, S)
+    tb = _last_row(pb_, S)
+    offs_t = tl.arange(0, NT)
+    ta = tl.where(offs_t == 0, 0.0, ta)
+    tb = tl.where(offs_t == 0, carry, tb)
+    _, h_in = tl.associative_scan((ta, tb), 0, _combine)
+    return h_in
+
+
+@triton.jit
+def _leaving(a_next, c_next, carry, S: tl.constexpr, NT: tl.constexpr):
+    """The adjoint entering each thread's segment from the right (reverse scan): a_next, c_next are the
+    successor segment's (a_{s+1}, dy_s C_s); the last thread's successor is the next chunk (carry)."""
+    sa, sc = tl.associative_scan((a_next, c_next), 0, _combine, reverse=True)
+    ta = _first_row(sa, S)
+    tc = _first_row(sc, S)
+    offs_t = tl.arange(0, NT)
+    ta = tl.where(offs_t == NT - 1, 0.0, ta)
+    tc = tl.where(offs_t == NT - 1, carry, tc)
+    _, g_in = tl.associative_scan((ta, tc), 0, _combine, reverse=True)
+    return g_in
+
+
+@triton.jit
+def _seg_steps(c, loc, shift, l, REV: tl.constexpr, BLOCK_L: tl.constexpr):
+    """(mask, positions) of chunk-local steps loc + shift, masked to the chunk and the sequence."""
+    q = loc + shift
+    ml, p = _steps(c, q, l, REV, BLOCK_L)
+    return ml & (q >= 0) & (q < BLOCK_L), p
+
+
+@triton.jit
+def _rows2_fwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, h0_ptr, out_ptr, hT_ptr, ck_ptr,
+    su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sA_d, sA_n,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
+    d, l, n, eB, eC, nck,
+    REV: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DB: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_CK: tl.constexpr,
+    CK_EVERY: tl.constexpr, BLOCK_N: tl.constexpr, S: tl.constexpr, NT: tl.constexpr,
+):
+    BLOCK_L: tl.constexpr = S * NT
+    pid_d = tl.program_id(0)
+    pb = tl.program_id(1).to(tl.int64)
+    row = pid_d.to(tl.int64)
+    offs_n = tl.arange(0, BLOCK_N)
+    mn = offs_n < n
+    loc = tl.arange(0, NT)[None, :] * S + tl.arange(0, S)[:, None]  # (S, NT): thread t holds a run of S steps
+    if HAS_D:
+        Dv = tl.load(D_ptr + pid_d).to(tl.float32)
+    if HAS_DB:
+        dbv = tl.load(db_ptr + pid_d).to(tl.float32)
+    else:
+        dbv = 0.0
+    state_off = (pb * d + row) * n + offs_n
+    if HAS_H0:
+        h = tl.load(h0_ptr + state_off, mask=mn, other=0.0)
+    else:
+        h = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    u_row = u_ptr + pb * su_b + row * su_d
+    dt_row = dt_ptr + pb * sdt_b + row * sdt_d
+    z_row = z_ptr + pb * sz_b + row * sz_d
+    out_row = out_ptr + pb * so_b + row * so_d
+    B_row = B_ptr + pb * sB_b + (pid_d // eB) * sB_g
+    C_row = C_ptr + pb * sC_b + (pid_d // eC) * sC_g
+    ck_row = ck_ptr + (pb * nck * d + row) * n + offs_n
+    for c in range(0, tl.cdiv(l, BLOCK_L)):
+        if STORE_CK:
+            if c % CK_EVERY == 0:
+                tl.store(ck_row + (c // CK_EVERY) * d * n, h, mask=mn)
+        ml, p = _seg_steps(c, loc, 0, l, REV, BLOCK_L)
+        mlp, pp = _seg_steps(c, loc, -S, l, REV, BLOCK_L)  # the predecessor thread's steps
+        u = tl.load(u_row + p * su_l, mask=ml, other=0.0).to(tl.float32)
+        dt = _dt2(tl.load(dt_row + p * sdt_l, mask=ml, other=0.0).to(tl.float32), dbv, ml, HAS_DB, SOFTPLUS)
+        dtp = _dt2(tl.load(dt_row + pp * sdt_l, mask=mlp, other=0.0).to(tl.float32), dbv, mlp, HAS_DB, SOFTPLUS)
+        dtup = dtp * tl.load(u_row + pp * su_l, mask=mlp, other=0.0).to(tl.float32)
+        dtu = dt * u
+        if HAS_D:
+            y = Dv * u
+        else:
+            y = tl.zeros((S, NT), dtype=tl.float32)
+        h_next = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for k in range(0, n):
+            A2k = tl.load(A_ptr + row * sA_d + k * sA_n).to(tl.float32) * 1.4426950408889634
+            Bk = tl.load(B_row + k * sB_n + p * sB_l, mask=ml, other=0.0).to(tl.float32)
+            Bkp = tl.load(B_row + k * sB_n + pp * sB_l, mask=mlp, other=0.0).to(tl.float32)
+            Ck = tl.load(C_row + k * sC_n + p * sC_l, mask=ml, other=0.0).to(tl.float32)
+            h_in = _entering(tl.exp2(dtp * A2k), dtup * Bkp, tl.sum(tl.where(offs_n == k, h, 0.0), 0), S, NT)
+            aC, bC = tl.associative_scan((tl.exp2(dt * A2k), dtu * Bk), 0, _combine)
+            hs = aC * h_in[None, :] + bC
+            y += hs * Ck
+            # masked steps are (a=1, b=0), so the chunk's last step holds its end state
+            h_end = tl.sum(tl.sum(tl.where(loc == BLOCK_L - 1, hs, 0.0), 0), 0)
+            h_next = tl.where(offs_n == k, h_end, h_next)
+        h = h_next
+        if HAS_Z:
+            zz = tl.load(z_row + p * sz_l, mask=ml, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(out_row + p * so_l, y.to(out_ptr.dtype.element_ty), mask=ml)
+    if STORE_HT:
+        tl.store(hT_ptr + state_off, h, mask=mn)
+
+
+@triton.jit
+def _dt2(raw, dbv, mask, HAS_DB: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """dt after delta_bias and softplus, zero outside mask (scalar delta_bias)."""
+    if HAS_DB:
+        raw = raw + dbv
+    if SOFTPLUS:
+        raw = _softplus(raw)
+    return tl.where(mask, raw, 0.0)
+
+
+@triton.jit
+def _rows2_bwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, ck_ptr, dout_ptr, dhT_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, ddb_ptr, dh0_ptr,
+    su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sA_d, sA_n,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sz_b, sz_d, sz_l,
+    sdB_b, sdB_g, sdB_n, sdC_b, sdC_g, sdC_n,
+    sdo_b, sdo_d, sdo_l, sdu_b, sdu_d, sdu_l, sddt_b, sddt_d, sddt_l, sdz_b, sdz_d, sdz_l,
+    d, l, n, eB, eC, nck,
+    REV: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DB: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+    BLOCK_N: tl.constexpr, S: tl.constexpr, NT: tl.constexpr, ATOMICS: tl.constexpr,
+):
+    BLOCK_L: tl.constexpr = S * NT
+    pid_d = tl.program_id(0)
+    pb = tl.program_id(1).to(tl.int64)
+    row = pid_d.to(tl.int64)
+    offs_n = tl.arange(0, BLOCK_N)
+    mn = offs_n < n
+    loc = tl.arange(0, NT)[None, :] * S + tl.arange(0, S)[:, None]
+    if HAS_D:
+        Dv = tl.load(D_ptr + pid_d).to(tl.float32)
+    if HAS_DB:
+        dbv = tl.load(db_ptr + pid_d).to(tl.float32)
+    else:
+        dbv = 0.0
+    state_off = (pb * d + row) * n + offs_n
+    if HAS_DHT:
+        K = tl.load(dhT_ptr + state_off, mask=mn, other=0.0)
+    else:
+        K = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    dA_acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    dD_acc = 0.0
+    ddb_acc = 0.0
+    u_row = u_ptr + pb * su_b + row * su_d
+    dt_row = dt_ptr + pb * sdt_b + row * sdt_d
+    z_row = z_ptr + pb * sz_b + row * sz_d
+    do_row = dout_ptr + pb * sdo_b + row * sdo_d
+    du_row = du_ptr + pb * sdu_b + row * sdu_d
+    ddt_row2 = ddt_ptr + pb * sddt_b + row * sddt_d
+    dz_row = dz_ptr + pb * sdz_b + row * sdz_d
+    gB = pid_d // eB
+    gC = pid_d // eC
+    B_row = B_ptr + pb * sB_b + gB * sB_g
+    C_row = C_ptr + pb * sC_b + gC * sC_g
+    dB_row = dB_ptr + pb * sdB_b + gB * sdB_g
+    dC_row = dC_ptr + pb * sdC_b + gC * sdC_g
+    for ci in range(0, nck):
+        c = nck - 1 - ci
+        ml, p = _seg_steps(c, loc, 0, l, REV, BLOCK_L)
+        mlp, pp = _seg_steps(c, loc, -S, l, REV, BLOCK_L)      # predecessor segment (forward recompute)
+        ml1, p1 = _seg_steps(c, loc, 1, l, REV, BLOCK_L)       # the next step (its a), inside the chunk
+        mls, ps = _seg_steps(c, loc, S, l, REV, BLOCK_L)       # successor segment (reverse scan)
+        ml1s, p1s = _seg_steps(c, loc, S + 1, l, REV, BLOCK_L)
+        u = tl.load(u_row + p * su_l, mask=ml, other=0.0).to(tl.float32)
+        dt = _dt2(tl.load(dt_row + p * sdt_l, mask=ml, other=0.0).to(tl.float32), dbv, ml, HAS_DB, SOFTPLUS)
+        dt1 = _dt2(tl.load(dt_row + p1 * sdt_l, mask=ml1, other=0.0).to(tl.float32), dbv, ml1, HAS_DB, SOFTPLUS)
+        dtp = _dt2(tl.load(dt_row + pp * sdt_l, mask=mlp, other=0.0).to(tl.float32), dbv, mlp, HAS_DB, SOFTPLUS)
+        dtup = dtp * tl.load(u_row + pp * su_l, mask=mlp, other=0.0).to(tl.float32)
+        dt1s = _dt2(tl.load(dt_row + p1s * sdt_l, mask=ml1s, other=0.0).to(tl.float32), dbv, ml1s, HAS_DB, SOFTPLUS)
+        dy = tl.load(do_row + p * sdo_l, mask=ml, other=0.0).to(tl.float32)
+        dys = tl.load(do_row + ps * sdo_l, mask=mls, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_row + p * sz_l, mask=ml, other=0.0).to(tl.float32)
+            dy = dy * zz * tl.sigmoid(zz)
+            zs = tl.load(z_row + ps * sz_l, mask=mls, other=0.0).to(tl.float32)
+            dys = dys * zs * tl.sigmoid(zs)
+        dtu = dt * u
+        ck_c = ck_ptr + ((pb * nck + c) * d + row) * n
+        if HAS_D:
+            y = Dv * u
+            du = Dv * dy
+            dD_acc += tl.sum(tl.sum(dy * u, 0), 0)
+        else:
+            y = tl.zeros((S, NT), dtype=tl.float32)
+            du = tl.zeros((S, NT), dtype=tl.float32)
+        ddt = tl.zeros((S, NT), dtype=tl.float32)
+        K_next = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for k in range(0, n):
+            Ak = tl.load(A_ptr + row * sA_d + k * sA_n).to(tl.float32)
+            A2k = Ak * 1.4426950408889634
+            Bk = tl.load(B_row + k * sB_n + p * sB_l, mask=ml, other=0.0).to(tl.float32)
+            Bkp = tl.load(B_row + k * sB_n + pp * sB_l, mask=mlp, other=0.0).to(tl.float32)
+            Ck = tl.load(C_row + k * sC_n + p * sC_l, mask=ml, other=0.0).to(tl.float32)
+            Cks = tl.load(C_row + k * sC_n + ps * sC_l, mask=mls, other=0.0).to(tl.float32)
+            h_in = _entering(tl.exp2(dtp * A2k), dtup * Bkp, tl.load(ck_c + k), S, NT)
+            a = tl.exp2(dt * A2k)
+            bk = dtu * Bk
+            aC, bC = tl.associative_scan((a, bk), 0, _combine)
+            hs = aC * h_in[None, :] + bC
+            if HAS_Z:
+                y += hs * Ck
+            g_in = _leaving(tl.exp2(dt1s * A2k), dys * Cks, tl.sum(tl.where(offs_n == k, K, 0.0), 0), S, NT)
+            ar, gr = tl.associative_scan((tl.exp2(dt1 * A2k), dy * Ck), 0, _combine, reverse=True)
+            G = gr + ar * g_in[None, :]
+            X = G * (hs - bk)  # = G_t a_t h_{t-1}: the gradient through log a_t
+            dA_k, K_k = tl.reduce((X * dt, tl.where(loc == 0, a * G, 0.0)), 0, _add2)
+            dA_k, K_k = tl.reduce((dA_k, K_k), 0, _add2)
+            K_next = tl.where(offs_n == k, K_k, K_next)
+            dA_acc += tl.where(offs_n == k, dA_k, 0.0)
+            GB = G * Bk
+            ddt += X * Ak + GB * u
+            du += GB * dt
+            if ATOMICS:
+                tl.atomic_add(dB_row + k * sdB_n + p, G * dtu, mask=ml, sem="relaxed")
+                tl.atomic_add(dC_row + k * sdC_n + p, hs * dy, mask=ml, sem="relaxed")
+        K = K_next
+        if HAS_Z:
+            do = tl.load(do_row + p * sdo_l, mask=ml, other=0.0).to(tl.float32)
+            zz = tl.load(z_row + p * sz_l, mask=ml, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(zz)
+            dz = do * y * sz * (1.0 + zz * (1.0 - sz))
+            tl.store(dz_row + p * sdz_l, dz.to(dz_ptr.dtype.element_ty), mask=ml)
+        if SOFTPLUS:
+            raw = tl.load(dt_row + p * sdt_l, mask=ml, other=0.0).to(tl.float32)
+            ddt = ddt * tl.sigmoid(_dt2(raw, dbv, ml, HAS_DB, False))
+        ddt = tl.where(ml, ddt, 0.0)
+        if HAS_DB:
+            ddb_acc += tl.sum(tl.sum(ddt, 0), 0)
+        tl.store(ddt_row2 + p * sddt_l, ddt.to(ddt_ptr.dtype.element_ty), mask=ml)
+        tl.store(du_row + p * sdu_l, du.to(du_ptr.dtype.element_ty), mask=ml)
+    tl.store(dA_ptr + state_off, dA_acc, mask=mn)
+    if HAS_D:
+        tl.store(dD_ptr + pb * d + pid_d, dD_acc)
+    if HAS_DB:
+        tl.store(ddb_ptr + pb * d + pid_d, ddb_acc)
+    if STORE_DH0:
+        tl.store(dh0_ptr + state_off, K, mask=mn)
 
 
 # ----------------------------------------------------------------------------- launch configuration
@@ -323,6 +593,12 @@ def _launch_config(d, l, gB, gC):
     bdf, bdb = min(bdf, limit, _next_pow2(d)), min(bdb, limit, _next_pow2(d))
     blb = min(blb, lp2)
     blf = min(blf, blb)
+    # two-level kernels (BLOCK_D 0): at least one step per thread; the forward chunk divides the backward's
+    if bdf == 0:
+        blf = max(blf, 32 * wf)
+    if bdb == 0:
+        blb = max(blb, 32 * wb)
+    blb = max(blb, blf)
     return (bdf, blf, wf), (bdb, blb, wb)
 
 
@@ -345,7 +621,7 @@ class _RowsFn(torch.autograd.Function):
         (bdf, blf, wf), (bdb, blb, wb) = _launch_config(d, l, gB, gC)
         BLOCK_N = max(2, _next_pow2(n))
         dev, f32 = u.device, torch.float32
-        out = torch.empty(b, d, l, device=dev, dtype=u.dtype)
+        out = torch.empty_like(u)  # keeps a dense input's layout (a channel-major block's): no copies follow
         hT = torch.empty(b, d, n, device=dev, dtype=f32) if want_final else out
         nck = triton.cdiv(l, blb)
         ck = torch.empty(b, nck, d, n, device=dev, dtype=f32) if need_ck else out
@@ -354,15 +630,17 @@ class _RowsFn(torch.autograd.Function):
         zs = z.stride() if z is not None else (0, 0, 0)
         dummy = out
         if l > 0:
-            _rows_fwd_kernel[(triton.cdiv(d, bdf), b)](
-                u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
-                db if db is not None else dummy, h0 if h0 is not None else dummy, out, hT, ck,
-                *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zs,
-                d, l, n, d // gB, d // gC, nck,
-                REV=rev, HAS_D=D is not None, HAS_Z=z is not None, HAS_DB=db is not None, SOFTPLUS=softplus,
-                HAS_H0=h0 is not None, STORE_HT=want_final, STORE_CK=need_ck, CK_EVERY=blb // blf,
-                BLOCK_D=bdf, BLOCK_N=BLOCK_N, BLOCK_L=blf, num_warps=wf,
-            )
+            args = (u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
+                    db if db is not None else dummy, h0 if h0 is not None else dummy, out, hT, ck,
+                    *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zs, *out.stride(),
+                    d, l, n, d // gB, d // gC, nck)
+            flags = dict(REV=rev, HAS_D=D is not None, HAS_Z=z is not None, HAS_DB=db is not None,
+                         SOFTPLUS=softplus, HAS_H0=h0 is not None, STORE_HT=want_final, STORE_CK=need_ck,
+                         CK_EVERY=blb // blf, BLOCK_N=BLOCK_N, num_warps=wf)
+            if bdf == 0:
+                _rows2_fwd_kernel[(d, b)](*args, S=blf // (32 * wf), NT=32 * wf, **flags)
+            else:
+                _rows_fwd_kernel[(triton.cdiv(d, bdf), b)](*args, BLOCK_D=bdf, BLOCK_L=blf, **flags)
         elif want_final:
             hT.copy_(h0 if h0 is not None else torch.zeros_like(hT))
         ctx.cfg = (rev, softplus, want_final, b, d, l, n, gB, gC, nck, bdb, blb, wb, BLOCK_N)
@@ -374,10 +652,9 @@ class _RowsFn(torch.autograd.Function):
         rev, softplus, want_final, b, d, l, n, gB, gC, nck, bdb, blb, wb, BLOCK_N = ctx.cfg
         u, delta, A, B, C, D, z, db, ck, h0 = ctx.saved_tensors
         dev, f32 = u.device, torch.float32
-        dout = torch.zeros(b, d, l, device=dev, dtype=u.dtype) if dout is None else dout.contiguous()
-        du = torch.empty(b, d, l, device=dev, dtype=u.dtype)
-        ddt = torch.empty(b, d, l, device=dev, dtype=delta.dtype)
-        dz = torch.empty(b, d, l, device=dev, dtype=z.dtype) if z is not None else None
+        dout = torch.zeros(b, d, l, device=dev, dtype=u.dtype) if dout is None else _lastdim(dout)
+        du, ddt = torch.empty_like(u), torch.empty_like(delta)
+        dz = torch.empty_like(z) if z is not None else None
         dB = torch.zeros(B.shape, device=dev, dtype=f32)
         dC = torch.zeros(C.shape, device=dev, dtype=f32)
         dA = torch.empty(b, d, n, device=dev, dtype=f32)
@@ -397,20 +674,23 @@ class _RowsFn(torch.autograd.Function):
         else:
             zs = z.stride() if z is not None else (0, 0, 0)
             dummy = dA
-            _rows_bwd_kernel[(triton.cdiv(d, bdb), b)](
-                u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
-                db if db is not None else dummy, ck, dout, dhT if has_dhT else dummy,
-                du, ddt, dz if dz is not None else dummy, dA, dB, dC,
-                dD if dD is not None else dummy, ddb if ddb is not None else dummy,
-                dh0 if dh0 is not None else dummy,
-                *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zs,
-                *dB.stride()[:3], *dC.stride()[:3],
-                d, l, n, d // gB, d // gC, nck,
-                REV=rev, HAS_D=D is not None, HAS_Z=z is not None, HAS_DB=db is not None, SOFTPLUS=softplus,
-                HAS_DHT=has_dhT, STORE_DH0=dh0 is not None,
-                BLOCK_D=bdb, BLOCK_N=BLOCK_N, BLOCK_L=blb, NT=32 * wb,
-                STRIPED=_CONFIG["striped"] and blb % (32 * wb) == 0, ATOMICS=_CONFIG["atomics"], num_warps=wb,
-            )
+            args = (u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
+                    db if db is not None else dummy, ck, dout, dhT if has_dhT else dummy,
+                    du, ddt, dz if dz is not None else dummy, dA, dB, dC,
+                    dD if dD is not None else dummy, ddb if ddb is not None else dummy,
+                    dh0 if dh0 is not None else dummy,
+                    *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zs,
+                    *dB.stride()[:3], *dC.stride()[:3],
+                    *dout.stride(), *du.stride(), *ddt.stride(), *(dz.stride() if dz is not None else (0, 0, 0)),
+                    d, l, n, d // gB, d // gC, nck)
+            flags = dict(REV=rev, HAS_D=D is not None, HAS_Z=z is not None, HAS_DB=db is not None,
+                         SOFTPLUS=softplus, HAS_DHT=has_dhT, STORE_DH0=dh0 is not None, BLOCK_N=BLOCK_N,
+                         NT=32 * wb, ATOMICS=_CONFIG["atomics"], num_warps=wb)
+            if bdb == 0:
+                _rows2_bwd_kernel[(d, b)](*args, S=blb // (32 * wb), **flags)
+            else:
+                _rows_bwd_kernel[(triton.cdiv(d, bdb), b)](
+                    *args, BLOCK_D=bdb, BLOCK_L=blb, STRIPED=_CONFIG["striped"] and blb % (32 * wb) == 0, **flags)
         dA = dA.sum(0).to(A.dtype)
         dD = dD.sum(0).to(D.dtype) if D is not None else None
         ddb = ddb.sum(0).to(db.dtype) if db is not None else None
