@@ -102,26 +102,37 @@ def model_for(task: str, init: str, args):
 
 
 def probe(args) -> float:
-    """Seconds per optimizer step (``--batch-tokens`` bases) at the longest length, random tokens, same precision."""
+    """Seconds per optimizer step (``--batch-tokens`` bases) at the shortest and the longest length, random tokens,
+    the same model and precision; the slower of the two plans the budget."""
     import torch
 
     dev = torch.device(args.device)
-    L = max(args.lengths)
     model = model_for("strains", "scratch", args).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    ids = torch.randint(4, 8, (max(1, args.batch_tokens // L), L), device=dev)
-    y = torch.zeros(ids.shape[0], dtype=torch.long, device=dev)
+    worst = 0.0
+    for L in sorted({min(args.lengths), max(args.lengths)}):
+        ids = torch.randint(4, 8, (max(1, args.batch_tokens // L), L), device=dev)
+        y = torch.zeros(ids.shape[0], dtype=torch.long, device=dev)
 
-    def step():
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.precision.startswith("bf16")):
-            loss = torch.nn.functional.cross_entropy(model(ids).float(), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        def step():
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.precision.startswith("bf16")):
+                loss = torch.nn.functional.cross_entropy(model(ids).float(), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
 
-    s = C.seconds_per_step(step, warm=1, timed=2, device=args.device)
-    print(json.dumps({"probe_length": L, "seconds_per_step": round(s, 4), "tokens_per_step": ids.numel()}), flush=True)
-    return s
+        s = C.seconds_per_step(step, warm=1, timed=2, device=args.device)
+        worst = max(worst, s)
+        print(json.dumps({"probe_length": L, "seconds_per_step": round(s, 4), "tokens_per_step": ids.numel()}), flush=True)
+    del model, opt
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return worst
+
+
+def test_windows(L: int, args) -> int:
+    """Test windows per label at length L: test_bases // L, within [min_test_windows, test_windows]."""
+    return int(min(args.test_windows, max(args.min_test_windows, args.test_bases // L)))
 
 
 def run_one(task: str, init: str, L: int, args, steps: int, max_seconds: float) -> dict:
@@ -130,8 +141,7 @@ def run_one(task: str, init: str, L: int, args, steps: int, max_seconds: float) 
 
     pl.seed_everything(args.seed, verbose=False)
     batch = max(1, args.batch_tokens // L)
-    test_per_label = int(min(args.test_windows, max(args.min_test_windows, args.test_bases // L)))
-    dm = datamodule(task, L, args, steps, batch, test_per_label)
+    dm = datamodule(task, L, args, steps, batch, test_windows(L, args))
     model = model_for(task, init, args)
     gpu = args.device.startswith("cuda")
     trainer = pl.Trainer(accelerator="gpu" if gpu else "cpu", devices=1, precision=args.precision, max_steps=steps,
@@ -300,8 +310,9 @@ def main(argv=None) -> int:
     if args.tokens == "auto":
         if args.time_budget is None:
             raise SystemExit("--tokens auto needs --time-budget (or give --tokens N)")
-        # test time: windows of every label through a forward pass, about a third of a training step per batch
-        test_s = sum(len(TASKS[t]["files"]) for t, _, _ in runs) * args.test_bases / args.batch_tokens * sps / 2.5 / len(runs)
+        # test time: every label's test windows through a forward pass, about a third of a training step per batch
+        test_s = sum(len(TASKS[t]["files"]) * test_windows(L, args) * L for t, _, L in runs) / len(runs) \
+            / args.batch_tokens * sps / 2.5
         left = clock.left() * args.safety - len(runs) * (args.run_overhead + test_s)
         steps = int(left / (len(runs) * sps))
         if steps < 4:

@@ -481,7 +481,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-windows", type=int, default=1, help="windows of max(lengths) bases per optimizer step")
     ap.add_argument("--start-len", type=int, default=None, help="first length of the warmup (default: the shortest)")
     ap.add_argument("--length-warmup-fraction", type=float, default=0.25)
-    ap.add_argument("--lr", type=float, default=4e-3)
+    ap.add_argument("--lr", type=float, default=6e-3)
     ap.add_argument("--weight-decay", type=float, default=0.1)
     ap.add_argument("--lr-warmup-steps", type=int, default=None, help="default: 10%% of the steps")
     ap.add_argument("--val-fraction", type=float, default=0.1, help="held-out tail of chrX (0.1: 63.0-70.0 Mb)")
