@@ -1,6 +1,7 @@
 """Ops layer: one folder per op (public function, ``naive``/``torch`` backends, wrappers of the Triton kernels
 and of mamba-ssm), one capability table (``dispatch.TABLE``) that ``auto``, the errors and the docs read.
-The only importer of ``mambaverse.kernels``."""
+The only importer of ``mambaverse.kernels``. Under ``torch.compile`` every op runs as a torch custom op
+(``custom.py``), so models compile with ``fullgraph=True`` whatever the backend."""
 from .bidirectional_scan import bidirectional_scan
 from .causal_conv1d import causal_conv1d, causal_conv1d_step
 from .cross_scan import cross_merge, cross_scan, cross_selective_scan
