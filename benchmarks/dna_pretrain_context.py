@@ -216,7 +216,7 @@ def probe(args, chunk_len, lengths: list[int]) -> tuple[dict, int | None]:
             try:
                 out[L] = C.seconds_per_step(step, warm=1, timed=args.probe_steps, device=args.device)
                 break
-            except torch.OutOfMemoryError:
+            except torch.cuda.OutOfMemoryError:
                 del model, opt
                 torch.cuda.empty_cache()
                 if args.chunk_len != "auto" or chunk_len:
@@ -586,8 +586,8 @@ def main(argv=None) -> int:
                       f"time budget {args.time_budget} s, planned from a probe of {sps if sps else 0:.3f} s per step",
             "evaluation": f"{args.val_tiles} consecutive held-out tiles of {Lmax:,} bases, each cut into sequences of "
                           f"L + 1 bases overlapping by one: the same held-out targets for every L",
-            "anchor": "order-k Markov chains on the same held-out bases (table below); the paper's Figure 5 right "
-                      "(HG38, 330B tokens) is the published reference, not run here"}
+            "anchor": "order-k Markov chains on the same held-out bases (table below); the published reference is the "
+                      "Mamba paper's Figure 5 right (HG38, far more tokens), not run here"}
     print(json.dumps({"plan": {"steps": steps, "tokens_per_run": steps * T, "runs": runs, "length_warmup_every": every,
                                "chunk_len": chunk_len, "seconds_per_step": sps}}), flush=True)
 
