@@ -244,7 +244,7 @@ def main(argv=None) -> int:
     ap.add_argument("--backbone", default="mamba_dna_paper_small", help="without --pretrained")
     ap.add_argument("--backbone-overrides", default=None, help="JSON dict, without --pretrained")
     ap.add_argument("--tokens", default="auto", help="training bases per run, or 'auto' (needs --time-budget)")
-    ap.add_argument("--batch-tokens", type=int, default=1 << 18, help="bases per batch (batch = this // length)")
+    ap.add_argument("--batch-tokens", type=int, default=1 << 17, help="bases per batch (batch = this // length)")
     ap.add_argument("--block-size", type=int, default=None, help="strains: block size (default: the longest length)")
     ap.add_argument("--test-fraction", type=float, default=0.2, help="strains: fraction of blocks held out")
     ap.add_argument("--test-bases", type=int, default=1 << 20, help="test windows per label = test_bases // length ...")
@@ -256,10 +256,11 @@ def main(argv=None) -> int:
     ap.add_argument("--time-budget", type=float, default=None, help="seconds for the whole script")
     ap.add_argument("--safety", type=float, default=0.85)
     ap.add_argument("--run-overhead", type=float, default=None, help="planned seconds per run besides training steps "
-                    "(default 5 on GPU, 3 on CPU)")
+                    "(default 3 on GPU and CPU)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default=None, help="default: bf16-mixed on CUDA, 32-true on CPU")
-    ap.add_argument("--num-workers", type=int, default=None, help="default 2 on CUDA, 0 on CPU")
+    ap.add_argument("--num-workers", type=int, default=None,
+                    help="DataLoader workers (default 0: reading a step's windows takes milliseconds)")
     ap.add_argument("--data-dir", default=None, help="folder holding the FASTA files (--stage-data makes it)")
     ap.add_argument("--stage-data", default=None, metavar="DIR", help="copy the FASTA files into DIR and exit")
     ap.add_argument("--cache-dir", default=None)
@@ -289,8 +290,8 @@ def main(argv=None) -> int:
     clock = C.Clock(args.time_budget)
     gpu = args.device.startswith("cuda")
     args.precision = args.precision or ("bf16-mixed" if gpu else "32-true")
-    args.num_workers = args.num_workers if args.num_workers is not None else (2 if gpu else 0)
-    args.run_overhead = args.run_overhead if args.run_overhead is not None else (5.0 if gpu else 3.0)
+    args.num_workers = args.num_workers if args.num_workers is not None else 0
+    args.run_overhead = args.run_overhead if args.run_overhead is not None else 3.0
     if not gpu:
         C.set_cpu_threads()
     if args.pretrained and not Path(args.pretrained).is_file():

@@ -494,11 +494,12 @@ def main(argv=None) -> int:
                     "and stops starting runs that would not finish)")
     ap.add_argument("--safety", type=float, default=0.85, help="fraction of the time left that the plan fills")
     ap.add_argument("--run-overhead", type=float, default=None, help="planned seconds per run outside training steps "
-                    "(default 6 on GPU, 3 on CPU)")
+                    "(default 4 on GPU, 3 on CPU)")
     ap.add_argument("--probe-steps", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default=None, help="default: bf16-mixed on CUDA, 32-true on CPU")
-    ap.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default 2 on CUDA, 0 on CPU)")
+    ap.add_argument("--num-workers", type=int, default=None,
+                    help="DataLoader workers (default 0: reading a step's windows takes milliseconds)")
     ap.add_argument("--data-dir", default=None, help=f"folder holding {CHRX} (default: the smalt-examples path)")
     ap.add_argument("--stage-data", default=None, metavar="DIR", help="copy the FASTA files of both DNA benchmarks "
                     "into DIR and exit")
@@ -538,8 +539,8 @@ def main(argv=None) -> int:
     clock = C.Clock(args.time_budget)
     gpu = args.device.startswith("cuda")
     args.precision = args.precision or ("bf16-mixed" if gpu else "32-true")
-    args.num_workers = args.num_workers if args.num_workers is not None else (2 if gpu else 0)
-    args.run_overhead = args.run_overhead if args.run_overhead is not None else (6.0 if gpu else 3.0)
+    args.num_workers = args.num_workers if args.num_workers is not None else 0
+    args.run_overhead = args.run_overhead if args.run_overhead is not None else (4.0 if gpu else 3.0)
     args.chrx = C.data_path(CHRX, args.data_dir)
     if not gpu:
         C.set_cpu_threads()
