@@ -59,6 +59,22 @@ def _scan_case(backend, reverse=False, grouped=False, dtype=torch.float32, state
     return fn, inputs, "mambaverse.selective_scan"
 
 
+def _complex_scan_case(backend):
+    """S4D-style complex A, B, C and a complex state (the torch and naive backends serve it)."""
+    b, d, n, l = 2, 4, 3, 6
+    inputs = [_leaf(b, d, l), _leaf(b, d, l, scale=0.5),
+              torch.complex(-torch.rand(d, n) - 0.5, torch.randn(d, n)).requires_grad_(),
+              _leaf(b, n, l, dtype=torch.complex64), _leaf(b, n, l, dtype=torch.complex64),
+              _leaf(b, d, n, dtype=torch.complex64)]
+
+    def fn(u, delta, A, B, C, h0):
+        out, state = selective_scan(u, delta, A, B, C, delta_softplus=True, initial_state=h0, return_final_state=True,
+                                    backend=backend)
+        return out, torch.view_as_real(state)
+
+    return fn, inputs, "mambaverse.selective_scan"
+
+
 def _conv_case(backend, reverse=False, state=True):
     b, d, k, l = 2, 4, 4, 7
     inputs = [_leaf(b, d, l), _leaf(d, k), _leaf(d), _leaf(b, d, k - 1)][:4 if state else 3]
@@ -125,6 +141,7 @@ CASES = {
     "scan-naive": lambda: _scan_case("naive"),
     "scan-torch-reverse-grouped": lambda: _scan_case("torch", reverse=True, grouped=True),
     "scan-torch-bf16": lambda: _scan_case("torch", dtype=torch.bfloat16),
+    "scan-torch-complex": lambda: _complex_scan_case("torch"),
     "scan-triton": lambda: _scan_case("triton"),
     "scan-triton-reverse-grouped": lambda: _scan_case("triton", reverse=True, grouped=True),
     "conv-torch": lambda: _conv_case("torch"),
