@@ -184,7 +184,7 @@ def parity_options():
     """Everything mamba-ssm lacks, at reduced size against the naive fp32 oracle on the GPU, for the
     default row kernels and the two-level kernels."""
     out = []
-    for cfg in (None, ((0, 256, 2), (0, 512, 2))):
+    for cfg in (None, ((1, 256, 2), (2, 512, 4))):
         old = set_rows_config(*cfg) if cfg else None
         out += _parity_options(cfg)
         if old:
@@ -308,11 +308,10 @@ def sweep(ts, fwd_cfgs, bwd_cfgs, seed):
 
 
 # (BLOCK_D, BLOCK_L, num_warps): about 2-16 steps per thread (mamba-ssm's kNItems is 16 with 128 threads)
-# BLOCK_D 0 = the two-level kernels, S = BLOCK_L / (32 warps) steps per thread
-FWD_CFGS = [(1, 1024, 4), (1, 512, 2), (1, 2048, 8), (0, 512, 4), (0, 1024, 4), (0, 512, 2), (0, 256, 2)]
-BWD_CFGS = [(1, 1024, 4), (1, 512, 4), (1, 1024, 8), (0, 512, 4), (0, 256, 2), (0, 1024, 4)]
+FWD_CFGS = [(1, 1024, 4), (1, 512, 2), (1, 2048, 8)]
+BWD_CFGS = [(1, 1024, 4), (1, 512, 4), (1, 1024, 8)]
 if DRY:
-    FWD_CFGS, BWD_CFGS = [(1, 16, 4), (0, 64, 1)], [(1, 16, 4), (0, 64, 1)]
+    FWD_CFGS, BWD_CFGS = [(1, 16, 4), (2, 8, 4)], [(1, 16, 4), (2, 16, 4)]
 
 
 def time_shape(shape, bw):

@@ -84,10 +84,6 @@ def main() -> int:
             cases.append((f"rows_bwd rev={rev} {bd},{bl},{w}", KW._rows_bwd_kernel,
                           dict(opts, **bwd, REV=rev, BLOCK_D=bd, BLOCK_L=bl, NT=32 * w, STRIPED=bl % (32 * w) == 0,
                                ATOMICS=True), w))
-    for S, w in ((4, 4), (8, 4), (8, 2)):
-        cases.append((f"rows2_fwd S={S} warps={w}", KW._rows2_fwd_kernel, dict(opts, **fwd, REV=False, S=S, NT=32 * w), w))
-        cases.append((f"rows2_bwd S={S} warps={w}", KW._rows2_bwd_kernel,
-                      dict(opts, **bwd, REV=True, S=S, NT=32 * w, ATOMICS=True), w))
     rows_cases = list(cases)
     if not rows_only:
         for layout, cfg in KC._CONFIG.items():  # step-contiguous and channel-last tiles, forward and backward

@@ -181,16 +181,7 @@ def test_bidirectional_and_cross_sequence_parallel():
     test_cross_scan((4, 6), torch.float32)
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_scan_two_level_kernels(reverse, dtype):
-    # the two-level variant (BLOCK_D 0): steps t*S .. t*S+S-1 in thread t, predecessor/successor segments
-    # recomputed per thread; several chunks, a partial last chunk, grouped B, initial and final state
-    set_rows_config(fwd=(0, 64, 1), bwd=(0, 128, 1))
-    check_scan(dtype=dtype, b=1, d=3, l=150, groups_B=3, use_h0=True, final=True, reverse=reverse, seed=17)
-
-
-@pytest.mark.parametrize("cfg", [((2, 8, 4), (2, 16, 4)), ((0, 64, 1), (0, 128, 1))])
+@pytest.mark.parametrize("cfg", [((2, 8, 4), (2, 16, 4)), ((1, 32, 1), (1, 64, 1))])
 def test_scan_keeps_channel_major_layout(cfg):
     # u, delta, z given as (channel, batch*L) memory viewed as (b, d, l), as the Mamba block makes them on
     # CUDA: out and the gradients come back in that layout, with the same values as contiguous inputs
