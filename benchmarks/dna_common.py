@@ -159,9 +159,17 @@ def save_png(fig, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def plot_or_skip(plot, *args) -> Path | None:
-    """``plot(*args)`` (it returns the PNG path), or None with a note where matplotlib is not installed: the
-    markdown and JSON are the results; ``--from-json`` redraws the plot on a machine that has it."""
+_LAST_PLOT: dict[str, float] = {}
+
+
+def plot_or_skip(plot, *args, every: float = 0.0) -> Path | None:
+    """``plot(*args)`` (the last argument is the PNG path, which it returns), or None: where matplotlib is not
+    installed (the markdown and JSON are the results; ``--from-json`` redraws the plot on a machine that has
+    it), or when this path was drawn less than ``every`` seconds ago (progressive writes of quick runs)."""
+    key, now = str(args[-1]), time.monotonic()
+    if every and now - _LAST_PLOT.get(key, -math.inf) < every:
+        return None
+    _LAST_PLOT[key] = now
     try:
         import matplotlib  # noqa: F401
     except ImportError:

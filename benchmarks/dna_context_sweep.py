@@ -30,7 +30,7 @@ Results: ``<out>/dna_context_sweep_<tag>.{md,json,png}``, rewritten after every 
 
 CPU check (CI): ``python benchmarks/dna_context_sweep.py --tiny --pretrained runs/dna_pretrain_context/chrX_pretrained.ckpt``
 GPU (after ``dna_pretrain_context.py`` wrote the checkpoint; data staged with ``--stage-data .cache/dna``):
-    python benchmarks/dna_context_sweep.py --device cuda --data-dir .cache/dna --time-budget 180 \\
+    python benchmarks/dna_context_sweep.py --device cuda --data-dir .cache/dna --time-budget 200 \\
         --pretrained .cache/dna/chrX_pretrained.ckpt --out "$OUT" --tag h200
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ TASKS = {
         "split_name": "random blocks: 20% of each genome's {block:,}-bp blocks held out (memorisation + context)",
     },
 }
-TINY = {"lengths": [64, 256], "tokens": "2048", "batch_tokens": 512, "test_windows": 6, "min_test_windows": 4,
+TINY = {"lengths": [64, 256], "tokens": "1024", "batch_tokens": 512, "test_windows": 4, "min_test_windows": 4,
         "backbone_overrides": '{"d_model": 32, "n_layer": 2, "d_state": 4}', "tag": "cpu_tiny", "lr": 3e-3}
 
 
@@ -172,7 +172,7 @@ def split_name(task: str, args) -> str:
     return TASKS[task]["split_name"].format(block=args.block_size)
 
 
-def write_results(rows: list[dict], meta: dict, out: Path, tag: str) -> list[Path]:
+def write_results(rows: list[dict], meta: dict, out: Path, tag: str, final: bool = True) -> list[Path]:
     base = out / f"dna_context_sweep_{tag}"
     out.mkdir(parents=True, exist_ok=True)
     C.write_json(base.with_suffix(".json"), {"meta": meta, "rows": rows})
@@ -201,7 +201,7 @@ def write_results(rows: list[dict], meta: dict, out: Path, tag: str) -> list[Pat
                      f"{best['context']:,} bp (gain {100 * gain:+.1f} points; target +10: {'met' if gain >= 0.10 else 'not met'}); "
                      f"chance {1 / rs[0]['classes']:.3f}")
     C.write_text(base.with_suffix(".md"), "\n".join(lines) + "\n")
-    png = C.plot_or_skip(plot, done, meta, base.with_suffix(".png"))
+    png = C.plot_or_skip(plot, done, meta, base.with_suffix(".png"), every=0 if final else 20)
     return [base.with_suffix(".md"), base.with_suffix(".json")] + ([png] if png else [])
 
 
@@ -236,7 +236,7 @@ def plot(done: list[dict], meta: dict, path: Path) -> Path:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tiny", action="store_true", help="CPU check: lengths 64/256, 2k training bases per run, the d_model 32 model")
+    ap.add_argument("--tiny", action="store_true", help="CPU check: lengths 64/256, 1k training bases per run, the d_model 32 model")
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     ap.add_argument("--inits", nargs="+", default=["pretrained", "scratch"], choices=["pretrained", "scratch"])
     ap.add_argument("--lengths", nargs="+", type=int, default=[2 ** k for k in range(10, 17, 2)])
@@ -355,7 +355,7 @@ def main(argv=None) -> int:
             cap = min(cap, clock.left() - args.run_overhead - test_s)
         rows.append(run_one(task, init, L, args, steps, cap))
         meta["total_s"] = round(clock.elapsed(), 1)
-        write_results(rows, meta, out, tag)
+        write_results(rows, meta, out, tag, final=False)
     paths = write_results(rows, meta, out, tag)
     print(f"dna_context_sweep: {sum(r.get('accuracy') is not None for r in rows)} runs in {clock.elapsed() / 60:.1f} min; "
           f"wrote " + ", ".join(map(str, paths)), flush=True)

@@ -33,7 +33,7 @@ hyperparameters, readable by ``pretrained_ckpt`` of the DNA tasks) for ``dna_con
 
 CPU check (CI runs it): ``python benchmarks/dna_pretrain_context.py --tiny``
 GPU (one H200; data staged into an ignored folder first: ``--stage-data .cache/dna``):
-    python benchmarks/dna_pretrain_context.py --device cuda --data-dir .cache/dna --time-budget 300 \\
+    python benchmarks/dna_pretrain_context.py --device cuda --data-dir .cache/dna --time-budget 470 \\
         --save-ckpt .cache/dna/chrX_pretrained.ckpt --out "$OUT" --tag h200
 """
 from __future__ import annotations
@@ -50,8 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dna_common as C  # noqa: E402
 
 CHRX = "hs37chrXtrunc.fa.gz"
-TINY = {"lengths": [64, 256, 1024], "backbone_overrides": '{"d_model": 32, "n_layer": 2, "d_state": 4}', "tokens": "8192",
-        "val_tiles": 2, "chunk_len": "256", "markov_orders": [2, 4], "markov_train_bases": 2_000_000,
+TINY = {"lengths": [64, 256, 1024], "backbone_overrides": '{"d_model": 32, "n_layer": 2, "d_state": 4}', "tokens": "4096",
+        "val_tiles": 2, "chunk_len": "512", "markov_orders": [2, 4], "markov_train_bases": 2_000_000,
         "lr": 1e-2, "tag": "cpu_tiny", "time_budget": None}
 
 
@@ -357,7 +357,7 @@ def save_handoff(model, args, row: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ results
-def write_results(rows: list[dict], markov: list[dict], meta: dict, out: Path, tag: str) -> list[Path]:
+def write_results(rows: list[dict], markov: list[dict], meta: dict, out: Path, tag: str, final: bool = True) -> list[Path]:
     base = out / f"dna_pretrain_context_{tag}"
     out.mkdir(parents=True, exist_ok=True)
     C.write_json(base.with_suffix(".json"), {"meta": meta, "rows": rows, "markov": markov})
@@ -384,7 +384,7 @@ def write_results(rows: list[dict], markov: list[dict], meta: dict, out: Path, t
                   for m in markov]
     lines += ["", "## Summary (computed from the rows above)", ""] + summary(done, markov)
     C.write_text(base.with_suffix(".md"), "\n".join(lines) + "\n")
-    png = C.plot_or_skip(plot, done, markov, meta, base.with_suffix(".png"))
+    png = C.plot_or_skip(plot, done, markov, meta, base.with_suffix(".png"), every=0 if final else 20)
     return [base.with_suffix(".md"), base.with_suffix(".json")] + ([png] if png else [])
 
 
@@ -467,7 +467,7 @@ def plot(done: list[dict], markov: list[dict], meta: dict, path: Path) -> Path:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="CPU check in about a minute: lengths 64/256/1024, a d_model 32 "
-                    "2-layer model, 8k tokens per run (defaults below are replaced unless given)")
+                    "2-layer model, 4k tokens per run (defaults below are replaced unless given)")
     ap.add_argument("--lengths", nargs="+", type=int, default=[2 ** k for k in range(10, 21, 2)])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="the first seeds every length; all of them "
                     "run at --noise-length")
@@ -608,7 +608,7 @@ def main(argv=None) -> int:
             cap = min(cap, clock.left() - args.run_overhead - eval_s)
         rows.append(run_one(args, L, seed, steps, every, chunk_len, holder, cap))
         meta["total_s"] = round(clock.elapsed(), 1)
-        write_results(rows, anchor.poll(), meta, out, tag)
+        write_results(rows, anchor.poll(), meta, out, tag, final=False)
     markov = anchor.poll(wait=max(1.0, min(600.0, clock.left() - 5)))
     meta["total_s"] = round(clock.elapsed(), 1)
     paths = write_results(rows, markov, meta, out, tag)
