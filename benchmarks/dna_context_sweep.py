@@ -325,6 +325,8 @@ def main(argv=None) -> int:
     args.lr_warmup_steps = args.lr_warmup_steps if args.lr_warmup_steps is not None else max(1, steps // 10)
     backbone, overrides = args.arch
     meta = {"date": C.utc_now(), "device": C.device_name(args.device), "versions": C.versions(),
+            **({"note": "--tiny: a pipeline check on CPU (a 2-layer d_model 32 model, a few steps); its numbers say "
+                        "nothing about context"} if args.tiny else {}),
             "command": C.command_line(argv),
             "model": f"DNAClassifier(backbone={backbone}, overrides={json.dumps(overrides)}, single-base input, mean "
                      f"pooling); init pretrained = backbone and embedding of {args.pretrained or '(none)'} "

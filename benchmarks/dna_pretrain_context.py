@@ -573,6 +573,8 @@ def main(argv=None) -> int:
     every = max(1, int(round(args.length_warmup_fraction * steps / n_doublings)))
     params = sum(p.numel() for p in build_model(args, None).parameters())
     meta = {"date": C.utc_now(), "device": C.device_name(args.device), "versions": C.versions(),
+            **({"note": "--tiny: a pipeline check on CPU (a 2-layer d_model 32 model, a few steps); its numbers say "
+                        "nothing about context"} if args.tiny else {}),
             "command": C.command_line(argv),
             "model": f"DNALanguageModel(backbone={args.backbone}, overrides={args.backbone_overrides or '{}'}, "
                      f"causal), {params:,} parameters; AdamW lr {args.lr} (betas 0.9/0.95, weight decay "
