@@ -200,8 +200,9 @@ def probe(args, chunk_len, lengths: list[int]) -> tuple[dict, int | None]:
     amp = args.precision.startswith("bf16")
     T = max(lengths) * args.batch_windows
     out = {}
-    for L in sorted({min(lengths), max(lengths)}):
-        while True:
+    for L in sorted({min(lengths), max(lengths)}, reverse=True):  # the longest first: it is the one memory limits
+        while L not in out:
+            oom = False
             model = build_model(args, chunk_len).to(dev)
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
             ids = torch.randint(4, 8, (T // L, L + 1), device=dev)
@@ -215,17 +216,18 @@ def probe(args, chunk_len, lengths: list[int]) -> tuple[dict, int | None]:
 
             try:
                 out[L] = C.seconds_per_step(step, warm=1, timed=args.probe_steps, device=args.device)
-                break
             except torch.cuda.OutOfMemoryError:
-                del model, opt
+                oom = True  # handled below, once the exception (and the tensors its frames hold) is gone
+            del model, opt, ids, step
+            if dev.type == "cuda":
                 torch.cuda.empty_cache()
-                if args.chunk_len != "auto" or chunk_len:
-                    raise
-                chunk_len = min(131072, L // 2)
+            if oom:
+                # chunking bounds the memory of long sequences only; a short-sequence OOM is a batch problem
+                if args.chunk_len != "auto" or chunk_len or L <= 65536:
+                    raise SystemExit(f"probe: out of memory at length {L} (chunk_len {chunk_len}, {T:,} tokens per "
+                                     f"step); lower --batch-windows or set --chunk-len")
+                chunk_len = 65536
                 print(f"probe: out of memory at {L} unchunked; chunk_len {chunk_len}", flush=True)
-        del model, opt, ids
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
         print(json.dumps({"probe_length": L, "seconds_per_step": round(out[L], 4), "tokens_per_step": T}), flush=True)
     return out, chunk_len
 
@@ -550,6 +552,7 @@ def main(argv=None) -> int:
     runs = [(Lmin, args.seeds[0]), (Lmax, args.seeds[0])]
     runs += [(args.noise_length, s) for s in args.seeds[1:]]
     runs += [(L, args.seeds[0]) for L in C.bisect_order([L for L in args.lengths if L not in (Lmin, Lmax)])]
+    runs = list(dict.fromkeys(runs))  # one length only: Lmin is Lmax
     T = Lmax * args.batch_windows
 
     anchor = Anchor(args)  # before the probe: the child is forked before CUDA starts
