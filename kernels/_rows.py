@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._scan import _combine, _next_pow2, _pow2_divisor, _softplus
+from ._scan import _combine, _load_state, _next_pow2, _softplus, clamp_blocks
 
 LOG2E = 1.4426950408889634
 
@@ -85,6 +85,30 @@ def _add_steps(ptr, v, c, l, REV: tl.constexpr, BLOCK_L: tl.constexpr, NT: tl.co
 
 
 @triton.jit
+def _program(d, n, D_ptr, db_ptr, HAS_D: tl.constexpr, HAS_DB: tl.constexpr, BLOCK_D: tl.constexpr,
+             BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Program (channel block, batch row) -> its offsets and masks, D and delta_bias (fp32; zeros when
+    absent) and the offsets of its (BLOCK_D, BLOCK_N) states in a (b, d, n) tensor."""
+    pid_d = tl.program_id(0)
+    pb = tl.program_id(1).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    md = offs_d < d
+    rows = offs_d.to(tl.int64)
+    offs_n = tl.arange(0, BLOCK_N)
+    mdn = md[:, None] & (offs_n[None, :] < n)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    else:
+        Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_DB:
+        dbv = tl.load(db_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    else:
+        dbv = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    state_off = (pb * d + rows[:, None]) * n + offs_n[None, :]
+    return pid_d, pb, offs_d, md, rows, offs_n, mdn, tl.arange(0, BLOCK_L), Dv, dbv, state_off
+
+
+@triton.jit
 def _rows_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, db_ptr, h0_ptr, out_ptr, hT_ptr, ck_ptr,
     su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sA_d, sA_n,
@@ -94,26 +118,9 @@ def _rows_fwd_kernel(
     SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_CK: tl.constexpr,
     CK_EVERY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
-    pid_d = tl.program_id(0)
-    pb = tl.program_id(1).to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    md = offs_d < d
-    rows = offs_d.to(tl.int64)
-    offs_n = tl.arange(0, BLOCK_N)
-    mdn = md[:, None] & (offs_n[None, :] < n)
-    offs_l = tl.arange(0, BLOCK_L)
-
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
-    if HAS_DB:
-        dbv = tl.load(db_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
-    else:
-        dbv = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    state_off = (pb * d + rows[:, None]) * n + offs_n[None, :]
-    if HAS_H0:
-        h = tl.load(h0_ptr + state_off, mask=mdn, other=0.0)
-    else:
-        h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    pid_d, pb, offs_d, md, rows, offs_n, mdn, offs_l, Dv, dbv, state_off = _program(
+        d, n, D_ptr, db_ptr, HAS_D, HAS_DB, BLOCK_D, BLOCK_N, BLOCK_L)
+    h = _load_state(h0_ptr, state_off, mdn, HAS_H0, BLOCK_D, BLOCK_N)
 
     u_row = u_ptr + pb * su_b + rows[:, None] * su_d
     dt_row = dt_ptr + pb * sdt_b + rows[:, None] * sdt_d
@@ -172,27 +179,10 @@ def _rows_bwd_kernel(
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
     NT: tl.constexpr, STRIPED: tl.constexpr, ATOMICS: tl.constexpr,
 ):
-    pid_d = tl.program_id(0)
-    pb = tl.program_id(1).to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    md = offs_d < d
-    rows = offs_d.to(tl.int64)
-    offs_n = tl.arange(0, BLOCK_N)
-    mdn = md[:, None] & (offs_n[None, :] < n)
-    offs_l = tl.arange(0, BLOCK_L)
-
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
-    if HAS_DB:
-        dbv = tl.load(db_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
-    else:
-        dbv = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    state_off = (pb * d + rows[:, None]) * n + offs_n[None, :]
+    pid_d, pb, offs_d, md, rows, offs_n, mdn, offs_l, Dv, dbv, state_off = _program(
+        d, n, D_ptr, db_ptr, HAS_D, HAS_DB, BLOCK_D, BLOCK_N, BLOCK_L)
     # K: the adjoint flowing into the chunk from the next one, a_first * G_first (dL/dh_T at the end)
-    if HAS_DHT:
-        K = tl.load(dhT_ptr + state_off, mask=mdn, other=0.0)
-    else:
-        K = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    K = _load_state(dhT_ptr, state_off, mdn, HAS_DHT, BLOCK_D, BLOCK_N)
     dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     ddb_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -312,19 +302,7 @@ def set_rows_config(fwd=None, bwd=None, striped=None, atomics=None):
 
 
 def _launch_config(d, l, gB, gC):
-    """Block sizes clamped to the problem: a channel block never straddles two B/C groups, and the forward
-    chunk divides the backward chunk (the checkpoint interval)."""
-    limit = 1 << 30
-    for g in (gB, gC):
-        if g > 1:
-            limit = min(limit, _pow2_divisor(d // g))
-    lp2 = max(2, _next_pow2(l))
-    bdf, blf, wf = _CONFIG["fwd"]
-    bdb, blb, wb = _CONFIG["bwd"]
-    bdf, bdb = min(bdf, limit, _next_pow2(d)), min(bdb, limit, _next_pow2(d))
-    blb = min(blb, lp2)
-    blf = min(blf, blb)
-    return (bdf, blf, wf), (bdb, blb, wb)
+    return clamp_blocks(_CONFIG["fwd"], _CONFIG["bwd"], d, l, gB, gC)
 
 
 def _lastdim(t):

@@ -523,19 +523,21 @@ def set_config(fwd=None, bwd=None, seq_target=None, seq_min=None):
     return old
 
 
-def _launch_config(d, l, gB, gC):
-    """Block sizes clamped to the problem: a channel block never straddles two B/C groups."""
-    limit = 1 << 30
+def clamp_blocks(fwd, bwd, d, l, gB, gC):
+    """(BLOCK_D, BLOCK_L, warps) of a forward and a backward kernel clamped to the problem: a channel block
+    never straddles two B/C groups nor exceeds d, and the forward chunk divides the backward chunk (the
+    checkpoint interval). Shared by these kernels and the row-layout ones (``_rows.py``)."""
+    limit = _next_pow2(d)
     for g in (gB, gC):
         if g > 1:
             limit = min(limit, _pow2_divisor(d // g))
-    lp2 = max(2, _next_pow2(l))
-    bdf, blf, wf = _CONFIG["fwd"]
-    bdb, blb, wb = _CONFIG["bwd"]
-    bdf, bdb = min(bdf, limit), min(bdb, limit)
-    blb = min(blb, lp2)
-    blf = min(blf, blb)  # the forward chunk must divide the checkpoint interval
-    return (bdf, blf, wf), (bdb, blb, wb)
+    (bdf, blf, wf), (bdb, blb, wb) = fwd, bwd
+    blb = min(blb, max(2, _next_pow2(l)))
+    return (min(bdf, limit), min(blf, blb), wf), (min(bdb, limit), blb, wb)
+
+
+def _launch_config(d, l, gB, gC):
+    return clamp_blocks(_CONFIG["fwd"], _CONFIG["bwd"], d, l, gB, gC)
 
 
 def _segments(programs: int, nchunks: int):
