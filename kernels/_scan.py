@@ -1,7 +1,6 @@
 """Triton selective scan (Mamba-1): forward and backward, one kernel pair for three ops.
 
 One generic kernel pair serves
-  * the plain scan (``MODE=0``, one direction, ``REV`` picks the time order),
   * the fused bidirectional scan (``MODE=1``, grid axis 2 = direction, direction 1 walks backwards),
   * the fused 4-route cross-scan (``MODE=2``, grid axis 2 = route; x is read through each route's
     pixel order, delta/B/C in the route's own scan order).
@@ -47,16 +46,10 @@ def _softplus(x):
 
 
 @triton.jit
-def _positions(s, r, l, H, W, MODE: tl.constexpr, REV: tl.constexpr):
+def _positions(s, r, l, H, W, MODE: tl.constexpr):
     """Scan step s -> (pp, dp): position in the parameter tensors (delta, B, C) and in the data tensors
     (u, z, out) for direction / route r."""
-    if MODE == 0:
-        if REV:
-            pp = l - 1 - s
-        else:
-            pp = s
-        dp = pp
-    elif MODE == 1:
+    if MODE == 1:
         pp = tl.where(r == 1, l - 1 - s, s)
         dp = pp
     else:
@@ -152,11 +145,11 @@ def _store_seg(S_ptr, sdt_ptr, so, S, tot, offs_n, n, md, mdn):
 
 
 @triton.jit
-def _chunk(c, offs_l, md, r, l, H, W, MODE: tl.constexpr, REV: tl.constexpr, BLOCK_L: tl.constexpr):
+def _chunk(c, offs_l, md, r, l, H, W, MODE: tl.constexpr, BLOCK_L: tl.constexpr):
     """Steps of chunk c: (s, step mask, parameter / data positions, (step, channel) mask)."""
     s = c * BLOCK_L + offs_l
     ml = s < l
-    pp, dp = _positions(s, r, l, H, W, MODE, REV)
+    pp, dp = _positions(s, r, l, H, W, MODE)
     return s, ml, pp, dp, ml[:, None] & md[None, :]
 
 
@@ -200,7 +193,7 @@ def _scan_fwd_kernel(
     sB_r, sB_b, sB_g, sB_n, sC_r, sC_b, sC_g, sC_n,
     sD_r, sdb_r, sz_r, sz_b, sz_d,
     nb, d, l, n, eB, eC, nck, H, W, nseg, seg_chunks,
-    MODE: tl.constexpr, REV: tl.constexpr,
+    MODE: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DB: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_CK: tl.constexpr, CK_EVERY: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
@@ -234,7 +227,7 @@ def _scan_fwd_kernel(
     # software prefetch: the raw tiles of chunk c+1 are loaded while chunk c is computed
     s = c0 * BLOCK_L + offs_l
     ml = (s < l) & (c0 < c1)
-    pp, dp = _positions(s, r, l, H, W, MODE, REV)
+    pp, dp = _positions(s, r, l, H, W, MODE)
     dt_n, u_n, B_n, C_n = _load_dubc(dt_base, u_base, B_base, C_base, pp, dp, ml, md, mn)
     if HAS_Z:
         z_n = tl.load(z_base + dp[:, None], mask=ml[:, None] & md[None, :], other=0.0)
@@ -242,7 +235,7 @@ def _scan_fwd_kernel(
         if STORE_CK:
             if c % CK_EVERY == 0:
                 tl.store(ck_base + (c // CK_EVERY) * d * n, h, mask=mdn)
-        s, ml, pp, dp, mld = _chunk(c, offs_l, md, r, l, H, W, MODE, REV, BLOCK_L)
+        s, ml, pp, dp, mld = _chunk(c, offs_l, md, r, l, H, W, MODE, BLOCK_L)
         dt = dt_n.to(tl.float32)
         u = u_n.to(tl.float32)
         Bt = B_n.to(tl.float32)
@@ -251,7 +244,7 @@ def _scan_fwd_kernel(
             zz = z_n.to(tl.float32)
         sn = s + BLOCK_L
         mlx = (sn < l) & (c + 1 < c1)
-        ppn, dpn = _positions(sn, r, l, H, W, MODE, REV)
+        ppn, dpn = _positions(sn, r, l, H, W, MODE)
         dt_n, u_n, B_n, C_n = _load_dubc(dt_base, u_base, B_base, C_base, ppn, dpn, mlx, md, mn)
         if HAS_Z:
             z_n = tl.load(z_base + dpn[:, None], mask=mlx[:, None] & md[None, :], other=0.0)
@@ -278,7 +271,7 @@ def _seg_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, db_ptr, E_ptr, sdt_ptr,
     su_r, su_b, su_d, sdt_r, sdt_b, sdt_d, sA_r, sA_d, sB_r, sB_b, sB_g, sB_n, sdb_r,
     nb, d, l, n, eB, H, W, nseg, seg_chunks,
-    MODE: tl.constexpr, REV: tl.constexpr, HAS_DB: tl.constexpr, SOFTPLUS: tl.constexpr,
+    MODE: tl.constexpr, HAS_DB: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     """Per segment (all but the last): the end state from a zero start, and the sum of dt, without a scan:
@@ -295,7 +288,7 @@ def _seg_fwd_kernel(
     tot = tl.zeros((BLOCK_D,), dtype=tl.float32)
     c0 = sg * seg_chunks
     for c in range(c0, c0 + seg_chunks):
-        s, ml, pp, dp, mld = _chunk(c, offs_l, md, r, l, H, W, MODE, REV, BLOCK_L)
+        s, ml, pp, dp, mld = _chunk(c, offs_l, md, r, l, H, W, MODE, BLOCK_L)
         dt = tl.load(dt_base + pp[:, None], mask=mld, other=0.0).to(tl.float32)
         _, dt = _delta(dt, dbv, mld, HAS_DB, SOFTPLUS)
         u = tl.load(u_base + dp[:, None], mask=mld, other=0.0).to(tl.float32)
@@ -314,7 +307,7 @@ def _seg_bwd_kernel(
     dt_ptr, A_ptr, C_ptr, z_ptr, db_ptr, dout_ptr, Q_ptr, sdt_ptr,
     sdt_r, sdt_b, sdt_d, sA_r, sA_d, sC_r, sC_b, sC_g, sC_n, sz_r, sz_b, sz_d, sdb_r,
     nb, d, l, n, eC, H, W, nseg, seg_chunks,
-    MODE: tl.constexpr, REV: tl.constexpr, HAS_Z: tl.constexpr, HAS_DB: tl.constexpr, SOFTPLUS: tl.constexpr,
+    MODE: tl.constexpr, HAS_Z: tl.constexpr, HAS_DB: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     """Per segment (all but the first): the adjoint leaving its start with nothing coming in from later,
@@ -332,7 +325,7 @@ def _seg_bwd_kernel(
     tot = tl.zeros((BLOCK_D,), dtype=tl.float32)
     c0 = sg * seg_chunks
     for c in range(c0, c0 + seg_chunks):
-        s, ml, pp, dp, mld = _chunk(c, offs_l, md, r, l, H, W, MODE, REV, BLOCK_L)
+        s, ml, pp, dp, mld = _chunk(c, offs_l, md, r, l, H, W, MODE, BLOCK_L)
         dt = tl.load(dt_base + pp[:, None], mask=mld, other=0.0).to(tl.float32)
         _, dt = _delta(dt, dbv, mld, HAS_DB, SOFTPLUS)
         dy = tl.load(do_base + dp[:, None], mask=mld, other=0.0).to(tl.float32)
@@ -357,7 +350,7 @@ def _scan_bwd_kernel(
     sdu_r, sdu_b, sdu_d, sddt_r, sddt_b, sddt_d, sdz_r, sdz_b, sdz_d,
     sdB_r, sdB_b, sdB_g, sdB_n, sdC_r, sdC_b, sdC_g, sdC_n,
     nb, d, l, n, eB, eC, nck, H, W, nseg, seg_chunks,
-    MODE: tl.constexpr, REV: tl.constexpr,
+    MODE: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DB: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
@@ -402,8 +395,8 @@ def _scan_bwd_kernel(
     s = c * BLOCK_L + offs_l
     ml = (s < l) & (c >= c0)
     m1_0 = (s + 1 < l) & (c >= c0)
-    pp, dp = _positions(s, r, l, H, W, MODE, REV)
-    pp1_0, dp1_0 = _positions(s + 1, r, l, H, W, MODE, REV)
+    pp, dp = _positions(s, r, l, H, W, MODE)
+    pp1_0, dp1_0 = _positions(s + 1, r, l, H, W, MODE)
     h_n = tl.load(ck_base + c * d * n, mask=mdn & (c >= c0), other=0.0)
     dt_n, u_n, B_n, C_n = _load_dubc(dt_base, u_base, B_base, C_base, pp, dp, ml, md, mn)
     dt1_n = tl.load(dt_base + pp1_0[:, None], mask=m1_0[:, None] & md[None, :], other=0.0)
@@ -413,7 +406,7 @@ def _scan_bwd_kernel(
     for ci in range(0, c1 - c0):
         c = c1 - 1 - ci
         h = h_n
-        s, ml, pp, dp, mld = _chunk(c, offs_l, md, r, l, H, W, MODE, REV, BLOCK_L)
+        s, ml, pp, dp, mld = _chunk(c, offs_l, md, r, l, H, W, MODE, BLOCK_L)
         mln = ml[:, None] & mn[None, :]
         s1 = s + 1
         m1 = (s1 < l)[:, None] & md[None, :]
@@ -428,8 +421,8 @@ def _scan_bwd_kernel(
         cp = c - 1
         sp = s - BLOCK_L
         mlp = (cp >= c0) & (sp >= 0)
-        ppp, dpp = _positions(sp, r, l, H, W, MODE, REV)
-        ppp1, dpp1 = _positions(sp + 1, r, l, H, W, MODE, REV)
+        ppp, dpp = _positions(sp, r, l, H, W, MODE)
+        ppp1, dpp1 = _positions(sp + 1, r, l, H, W, MODE)
         h_n = tl.load(ck_base + cp * d * n, mask=mdn & (cp >= c0), other=0.0)
         mpd = mlp[:, None] & md[None, :]
         dt_n, u_n, B_n, C_n = _load_dubc(dt_base, u_base, B_base, C_base, ppp, dpp, mlp, md, mn)
@@ -566,10 +559,10 @@ def _lastdim(t):
 
 
 class _ScanSpec:
-    __slots__ = ("ndir", "mode", "rev", "H", "W", "softplus", "want_final", "need_ck")
+    __slots__ = ("ndir", "mode", "H", "W", "softplus", "want_final", "need_ck")
 
-    def __init__(self, ndir, mode, rev=False, H=1, W=1, softplus=False, want_final=False, need_ck=True):
-        self.ndir, self.mode, self.rev, self.H, self.W = ndir, mode, rev, H, W
+    def __init__(self, ndir, mode, H=1, W=1, softplus=False, want_final=False, need_ck=True):
+        self.ndir, self.mode, self.H, self.W = ndir, mode, H, W
         self.softplus, self.want_final, self.need_ck = softplus, want_final, need_ck
 
 
@@ -614,7 +607,7 @@ class _ScanFn(torch.autograd.Function):
                 u, delta, A, B, db if db is not None else dummy, E, sdt_seg,
                 su_r, su[0], su[1], sdt_r, sdt[0], sdt[1], sA_r, sA[0], sB_r, sB[0], sB[1], sB[2], sdb_r,
                 b, d, l, n, d // gB, spec.H, spec.W, nseg, seg_chunks,
-                MODE=spec.mode, REV=spec.rev, HAS_DB=db is not None, SOFTPLUS=spec.softplus,
+                MODE=spec.mode, HAS_DB=db is not None, SOFTPLUS=spec.softplus,
                 BLOCK_D=bdf, BLOCK_N=BLOCK_N, BLOCK_L=blf, num_warps=wf,
             )
         grid = (triton.cdiv(d, bdf), b, R * nseg)
@@ -626,7 +619,7 @@ class _ScanFn(torch.autograd.Function):
             sB_r, sB[0], sB[1], sB[2], sC_r, sC[0], sC[1], sC[2],
             sD_r, sdb_r, sz_r, sz[0], sz[1],
             b, d, l, n, d // gB, d // gC, nck, spec.H, spec.W, nseg, seg_chunks,
-            MODE=spec.mode, REV=spec.rev, HAS_D=D is not None, HAS_Z=z is not None, HAS_DB=db is not None,
+            MODE=spec.mode, HAS_D=D is not None, HAS_Z=z is not None, HAS_DB=db is not None,
             SOFTPLUS=spec.softplus, HAS_H0=h0 is not None, STORE_HT=spec.want_final, STORE_CK=spec.need_ck,
             CK_EVERY=blb // blf, BLOCK_D=bdf, BLOCK_N=BLOCK_N, BLOCK_L=blf, num_warps=wf,
         )
@@ -695,7 +688,7 @@ class _ScanFn(torch.autograd.Function):
                 delta, A, C, z if has_z else dummy, db if has_db else dummy, dout, Q, sdt_seg,
                 sdt_r, sdt[0], sdt[1], sA_r, sA[0], sC_r, sC[0], sC[1], sC[2], sz_r, sz[0], sz[1], sdb_r,
                 b, d, l, n, d // gC, spec.H, spec.W, nseg, seg_chunks,
-                MODE=spec.mode, REV=spec.rev, HAS_Z=has_z, HAS_DB=has_db, SOFTPLUS=spec.softplus,
+                MODE=spec.mode, HAS_Z=has_z, HAS_DB=has_db, SOFTPLUS=spec.softplus,
                 BLOCK_D=bdb, BLOCK_N=BLOCK_N, BLOCK_L=blb, num_warps=wb,
             )
         grid = (triton.cdiv(d, bdb), b, R * nseg)
@@ -709,7 +702,7 @@ class _ScanFn(torch.autograd.Function):
             sdu_r, sdu[0], sdu[1], sddt_r, sddt[0], sddt[1], sdz_r, sdz[0], sdz[1],
             sdB_r, sdB[0], sdB[1], sdB[2], sdC_r, sdC[0], sdC[1], sdC[2],
             b, d, l, n, d // gB, d // gC, nck, spec.H, spec.W, nseg, seg_chunks,
-            MODE=spec.mode, REV=spec.rev, HAS_D=has_D, HAS_Z=has_z, HAS_DB=has_db, SOFTPLUS=spec.softplus,
+            MODE=spec.mode, HAS_D=has_D, HAS_Z=has_z, HAS_DB=has_db, SOFTPLUS=spec.softplus,
             HAS_DHT=has_dhT, STORE_DH0=has_h0, BLOCK_D=bdb, BLOCK_N=BLOCK_N, BLOCK_L=blb, num_warps=wb,
         )
 

@@ -59,19 +59,19 @@ def main() -> int:
     bwd = dict(HAS_DHT=True, STORE_DH0=True)
     (bdf, blf, wf), (bdb, blb, wb) = KS._CONFIG["fwd"], KS._CONFIG["bwd"]
     cases = []
-    for mode, rev in ((0, False), (0, True), (1, False), (2, False)):
-        cases.append((f"scan_fwd mode={mode} rev={rev}", KS._scan_fwd_kernel,
-                      dict(opts, **fwd, MODE=mode, REV=rev, BLOCK_D=bdf, BLOCK_L=blf), wf))
-        cases.append((f"scan_bwd mode={mode} rev={rev}", KS._scan_bwd_kernel,
-                      dict(opts, **bwd, MODE=mode, REV=rev, BLOCK_D=bdb, BLOCK_L=blb), wb))
-    cases.append(("scan_fwd bare", KS._scan_fwd_kernel, dict(MODE=0, REV=False, HAS_D=False, HAS_Z=False, HAS_DB=False,
+    for mode in (1, 2):  # fused bidirectional, cross-scan (the plain scan is _rows.py)
+        cases.append((f"scan_fwd mode={mode}", KS._scan_fwd_kernel,
+                      dict(opts, **fwd, MODE=mode, BLOCK_D=bdf, BLOCK_L=blf), wf))
+        cases.append((f"scan_bwd mode={mode}", KS._scan_bwd_kernel,
+                      dict(opts, **bwd, MODE=mode, BLOCK_D=bdb, BLOCK_L=blb), wb))
+    cases.append(("scan_fwd bare", KS._scan_fwd_kernel, dict(MODE=1, HAS_D=False, HAS_Z=False, HAS_DB=False,
                   SOFTPLUS=False, HAS_H0=False, STORE_HT=False, STORE_CK=False, CK_EVERY=1, BLOCK_D=bdf, BLOCK_N=16,
                   BLOCK_L=blf), wf))
-    cases.append(("scan_bwd bare", KS._scan_bwd_kernel, dict(MODE=0, REV=False, HAS_D=False, HAS_Z=False, HAS_DB=False,
+    cases.append(("scan_bwd bare", KS._scan_bwd_kernel, dict(MODE=1, HAS_D=False, HAS_Z=False, HAS_DB=False,
                   SOFTPLUS=False, HAS_DHT=False, STORE_DH0=False, BLOCK_D=bdb, BLOCK_N=16, BLOCK_L=blb), wb))
-    cases.append(("seg_fwd", KS._seg_fwd_kernel, dict(MODE=0, REV=False, HAS_DB=True, SOFTPLUS=True, BLOCK_D=bdf,
+    cases.append(("seg_fwd", KS._seg_fwd_kernel, dict(MODE=1, HAS_DB=True, SOFTPLUS=True, BLOCK_D=bdf,
                                                       BLOCK_N=16, BLOCK_L=blf), wf))
-    cases.append(("seg_bwd", KS._seg_bwd_kernel, dict(MODE=0, REV=False, HAS_Z=True, HAS_DB=True, SOFTPLUS=True,
+    cases.append(("seg_bwd", KS._seg_bwd_kernel, dict(MODE=1, HAS_Z=True, HAS_DB=True, SOFTPLUS=True,
                                                       BLOCK_D=bdb, BLOCK_N=16, BLOCK_L=blb), wb))
     configs = [KW._CONFIG["fwd"], KW._CONFIG["bwd"]] + [(1, 512, 4), (2, 1024, 4), (4, 512, 4), (1, 2048, 8)]
     rows_only = len(sys.argv) > 1 and sys.argv[1] == "--rows-only"
