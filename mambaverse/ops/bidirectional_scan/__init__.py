@@ -28,7 +28,7 @@ def _passes(*args, **kwargs):
 
 
 # "scan": two selective_scan calls, each dispatched by selective_scan's own table. The fused kernel is
-# measured about 2x slower than two of our own passes (benchmarks/results/kernels_h100.md), so auto never
+# measured about 2x slower than two of our own passes (benchmarks/results/kernels_h200.md), so auto never
 # picks it; backend="triton" asks for it explicitly.
 register_backend(Backend(OP, "scan", _passes, frozenset({"reverse", "grouped"}), available=lambda device: True,
                          rank={"cuda": 0, "cpu": 0}, note="two selective_scan passes (any of its backends)"))
