@@ -51,8 +51,8 @@ _ALL = frozenset({"initial_state", "final_state", "final_state_grad", "reverse",
 register_backend(Backend(OP, "mamba_ssm", selective_scan_mamba_ssm,
                          _ALL - {"initial_state", "final_state_grad", "complex"}, REAL_DTYPES,
                          cuda_and(module_importable("mamba_ssm.ops.selective_scan_interface")), {"cuda": 0},
-                         "fastest on CUDA (ours 1.3-1.8x its fwd+bwd time: benchmarks/results/kernels_h200.md); no initial state; its final state "
-                         "is a constant for autograd"))
+                         "fastest on CUDA (ours 1.3-1.8x its fwd+bwd time: benchmarks/results/kernels_h200.md); "
+                         "no initial state; its final state is a constant for autograd"))
 register_backend(Backend(OP, "triton", selective_scan_triton, _ALL - {"complex"}, REAL_DTYPES,
                          triton_kernel("selective_scan_triton"), {"cuda": 1},
                          "ours, no compile; real A only; computes in fp32"))
