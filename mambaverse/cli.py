@@ -295,6 +295,12 @@ def main(argv=None):
     from .training.fault_tolerance import SIGTERM_STATUS, install, sigterm_checkpoint
 
     trainers = []  # the CLI object is lost when its run raises; the trainer is kept here
+    _LIGHTNING_HELP = {
+        "fit": "Train the model a config describes (resume a run with --ckpt_path .../last.ckpt).",
+        "validate": "Run one evaluation pass over the validation set.",
+        "test": "Evaluate a checkpoint (--ckpt_path) on the test set and write its metrics.",
+        "predict": "Run a checkpoint (--ckpt_path) on data and write its predictions (e.g. embeddings).",
+    }
 
     class MambaverseCLI(LightningCLI):
         def instantiate_trainer(self, **kwargs):
@@ -315,6 +321,8 @@ def main(argv=None):
             from jsonargparse import ArgumentParser
 
             action = parser._subcommands_action
+            for choice in action._choices_actions:  # Lightning's lines are its docstrings cut mid-sentence
+                choice.help = _LIGHTNING_HELP.get(choice.dest, choice.help)
             for name, text in [("models", _MODELS_HELP), *((n, _command_help(commands[n])) for n in sorted(commands))]:
                 action.add_subcommand(name, ArgumentParser(prog=f"mambaverse {name}", description=text), help=text)
 
