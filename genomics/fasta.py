@@ -19,6 +19,7 @@ from pathlib import Path
 import pyfaidx
 
 from mambaverse.atomic import atomic_write
+from mambaverse.errors import OutputPathError
 
 from .errors import GenomicsDataError
 
@@ -27,9 +28,12 @@ _OPENERS = {"gzip": gzip.open, "xz": lzma.open, "bzip2": bz2.open}
 # pyfaidx picks its reader by file name (.gz/.bgz: BGZF), so a plain file with such a name is copied to the cache
 _COMPRESSED_SUFFIXES = (".gz", ".bgz", ".xz", ".bz2")
 _TRAILING_BLANKS = re.compile(rb"[ \t]+\n")
+# a sequence line (not a '>' header, whose description may hold spaces) with a blank anywhere in it
+_SEQ_BLANKS = re.compile(rb"(?m)^(?!>)[^\n]*[ \t][^\n]*$")
 _BLOCK = 1 << 22
-# bump when the cached copies change form (v2: line endings and trailing blanks normalised)
-_CACHE_VERSION = "v2"
+# bump when the cached copies change form (v2: line endings and trailing blanks normalised; v3: blanks inside
+# sequence lines dropped, a final newline added)
+_CACHE_VERSION = "v3"
 
 
 def default_cache_dir() -> Path:
@@ -65,6 +69,8 @@ def _cache_write(final: Path, write) -> None:
     per the umask, then a rename); a cache folder that cannot be created or written is a one-line error."""
     try:
         atomic_write(final, write)
+    except OutputPathError as exc:
+        raise GenomicsDataError(f"cache_dir: {exc}; set cache_dir (or $MAMBAVERSE_CACHE) to a writable folder") from None
     except OSError as exc:
         if exc.errno not in _WRITE_ERRNOS:
             raise
@@ -73,10 +79,12 @@ def _cache_write(final: Path, write) -> None:
 
 
 def _clean_stream(fin, fout) -> None:
-    """Copy FASTA text with CR and CRLF line endings made LF and blanks (spaces, tabs) at line ends dropped.
+    """Copy FASTA text with CR and CRLF line endings made LF, blanks (spaces, tabs) at line ends dropped,
+    blanks *inside* sequence lines dropped (``ACGT ACGT`` reads as ``ACGTACGT``; header lines keep theirs, a
+    description holds spaces) and a final newline added where the file lacks one.
 
-    pyfaidx counts every byte of a sequence line but the newline as a base, so a trailing blank would
-    index as an extra base (read as [UNK]), and a CR-only file reads as one line (an empty record).
+    pyfaidx counts every byte of a sequence line but the newline as a base, so a blank would index as an
+    extra base (read as [UNK]), and a CR-only file reads as one line (an empty record).
     Streams in 4 MiB blocks; a partial line (and a final CR that may start a CRLF) waits for the next block.
     """
     carry = b""
@@ -89,26 +97,33 @@ def _clean_stream(fin, fout) -> None:
         data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         if final:
             data, carry = data.rstrip(b" \t"), b""
+            if data and not data.endswith(b"\n"):
+                data += b"\n"
         else:
             cut = data.rfind(b"\n") + 1
             data, carry = data[:cut], data[cut:] + hold
-        fout.write(_TRAILING_BLANKS.sub(b"\n", data))
+        data = _TRAILING_BLANKS.sub(b"\n", data)
+        fout.write(_SEQ_BLANKS.sub(lambda m: m.group().replace(b" ", b"").replace(b"\t", b""), data))
         if final:
             return
 
 
 def _needs_cleaning(path: Path) -> bool:
-    """Whether a plain FASTA has CR line endings or blanks at a line end (see :func:`_clean_stream`)."""
-    tail = b""
+    """Whether a plain FASTA has CR line endings, blanks at a line end or inside a sequence line, or no final
+    newline (see :func:`_clean_stream`)."""
+    carry = b""
     with open(path, "rb") as fh:
         while True:
             block = fh.read(_BLOCK)
             if not block:
-                return tail in (b" ", b"\t")
-            data = tail + block
-            if b"\r" in data or _TRAILING_BLANKS.search(data):
+                return bool(carry)  # a last line without its newline
+            data = carry + block
+            if b"\r" in data:
                 return True
-            tail = data[-1:]
+            cut = data.rfind(b"\n") + 1  # whole lines only: a line split by the block edge waits
+            lines, carry = data[:cut], data[cut:]
+            if _TRAILING_BLANKS.search(lines) or _SEQ_BLANKS.search(lines):
+                return True
 
 
 def _decompress(src: Path, kind: str | None, dest: Path) -> None:
@@ -165,8 +180,9 @@ def _check_index(fasta: Path, index: Path, shown: Path) -> list[tuple[str, int]]
         if length < 0 or offset < 0 or lbases < 0 or lbytes < lbases:
             raise GenomicsDataError(f"{shown}: corrupt index {index}, record '{name}': negative or inconsistent fields; delete it to rebuild")
         if length and lbases:
+            # the record's last base: the last line may be short (rest) and need not end in a newline
             full, rest = divmod(length, lbases)
-            end = offset + full * lbytes + rest
+            end = offset + full * lbytes + rest if rest else offset + (full - 1) * lbytes + lbases
             if end > size or offset >= size:
                 raise GenomicsDataError(
                     f"{shown}: corrupt index {index}, record '{name}': points past the end of the file "
@@ -266,7 +282,13 @@ def prepare_fasta(path: str | os.PathLike, label: str = "", cache_dir: str | os.
                                         f"expected a text FASTA file") from None
 
         _cache_write(index, build)
-    records = _check_index(fasta, index, shown)
+        try:
+            records = _check_index(fasta, index, shown)
+        except GenomicsDataError:
+            index.unlink(missing_ok=True)  # never leave an index this process just built and found wrong
+            raise
+    else:
+        records = _check_index(fasta, index, shown)
     for name, length in records:
         if length == 0:
             raise GenomicsDataError(f"{shown}: record '{name}' is empty; expected at least one base")

@@ -29,7 +29,9 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["atomic_write", "atomic_write_bytes", "file_mode", "sweep", "temp_name", "write_set"]
+from .errors import OutputPathError
+
+__all__ = ["atomic_write", "atomic_write_bytes", "check_writable_dir", "ensure_dir", "file_mode", "sweep", "temp_name", "write_set"]
 
 _HOST = socket.gethostname().replace("-", "_")
 
@@ -49,6 +51,58 @@ def file_mode() -> int:
 def temp_name(final: Path, kind: str = "tmp") -> Path:
     """A hidden temporary name beside ``final``, owned by this process (host and pid in the name)."""
     return final.parent / f".{final.name}.{kind}-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _unwritable(path: Path, exc: OSError, what: str) -> OutputPathError:
+    """The one-line error for a folder that cannot be made or written; names the file in the way, if any."""
+    for parent in (path, *path.parents):
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                where = "it is a file" if parent == path else f"{parent} is a file"
+                return OutputPathError(f"{what} {path}: cannot create it ({where}); expected a writable folder")
+            break
+    return OutputPathError(f"{what} {path}: cannot create or write it ({exc.strerror or exc}); "
+                           f"expected a writable folder")
+
+
+def ensure_dir(path, what: str = "output folder", probe: bool = False) -> Path:
+    """Create the folder ``path`` (and its parents) if needed; with ``probe``, also create and remove one
+    temporary file in it, so a read-only or virtual file system is found before any work is done.
+
+    Raises :class:`mambaverse.errors.OutputPathError` (one line naming ``what`` and the path; expected a
+    writable folder) instead of a raw ``FileNotFoundError``/``NotADirectoryError``/``FileExistsError``.
+    Returns ``path`` as a Path."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if probe:
+            tmp = temp_name(path / "probe")
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.unlink(tmp)
+    except OSError as exc:
+        raise _unwritable(path, exc, what) from None
+    return path
+
+
+def check_writable_dir(path, what: str = "output folder") -> Path:
+    """Check, without creating anything that stays, that the folder ``path`` exists and is writable or can be
+    created: its nearest existing ancestor must be a folder in which a file can be made (a probe file is made
+    and removed at once, so a read-only or virtual file system such as ``/proc`` is found even by root, whom
+    ``os.access`` would let through). For checks before a long run. Raises
+    :class:`mambaverse.errors.OutputPathError` naming ``what`` and the path; returns ``path`` as a Path."""
+    path = Path(os.path.abspath(os.path.expanduser(str(path))))
+    probe = path
+    while not (probe.exists() or probe.is_symlink()) and probe.parent != probe:
+        probe = probe.parent
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(probe))
+        tmp = temp_name(probe / "probe")
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(tmp)
+    except OSError as exc:
+        raise _unwritable(path, exc, what) from None
+    return path
 
 
 def _pid_alive(pid: int) -> bool:
@@ -97,15 +151,22 @@ def sweep(final) -> list[Path]:
 
 def atomic_write(path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` to create a temporary file beside ``path``, then give it the umask's mode and rename
-    it to ``path``. The temporary is removed if ``write`` raises. Returns ``path``."""
+    it to ``path``. The temporary is removed if ``write`` raises. Returns ``path``.
+
+    A folder that cannot be created or written raises :class:`mambaverse.errors.OutputPathError`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent)
     sweep(path)
     tmp = temp_name(path)
     try:
-        write(tmp)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
+        try:
+            write(tmp)
+            os.chmod(tmp, file_mode())
+            os.replace(tmp, path)
+        except OSError as exc:
+            if isinstance(exc, OutputPathError) or exc.filename not in (str(tmp), tmp, str(path), path):
+                raise  # a writer's own error (e.g. reading its source) stays as it was
+            raise _unwritable(path.parent, exc, "output folder") from None
     finally:
         if tmp.exists():
             _remove(tmp)
@@ -161,15 +222,19 @@ def write_set(directory, writers: dict[str, Callable[[Path], None]], stale=(), e
 
     Entries of an existing ``directory`` that are not being written are kept (hard links), except those named
     in ``stale``, which are removed with the swap. ``error`` is the exception class raised when ``directory``
-    is a file. No temporary outlives the call, whatever a writer raises. Returns ``directory`` as a Path.
+    is a file; a parent that cannot be created or written raises :class:`mambaverse.errors.OutputPathError`.
+    No temporary outlives the call, whatever a writer raises. Returns ``directory`` as a Path.
     """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise error(f"{directory} is a file; expected a folder (new or existing)")
-    directory.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(directory.parent)
     sweep(directory)
     tmp = temp_name(directory)
-    os.mkdir(tmp)
+    try:
+        os.mkdir(tmp)
+    except OSError as exc:
+        raise _unwritable(directory, exc, "output folder") from None
     mode = file_mode()
     try:
         for name, write in writers.items():

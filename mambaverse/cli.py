@@ -240,15 +240,11 @@ def check_config_matches(model_cfg, path) -> dict:
 
 
 def _check_writable(path, key: str) -> None:
-    from .errors import ConfigError
+    """One line (OutputPathError naming ``key``) unless ``path`` is, or can be made, a writable folder; a probe
+    file is made and removed, since ``os.access`` lets root through on read-only and virtual file systems."""
+    from .atomic import check_writable_dir
 
-    p = os.path.abspath(os.path.expanduser(str(path)))
-    probe = p
-    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
-        why = "is not a folder" if not os.path.isdir(probe) else "is not writable"
-        raise ConfigError(f"{key}: {path} cannot be created or written ({probe} {why}); expected a writable folder")
+    check_writable_dir(path, key)
 
 
 def _compact(message: str) -> str:
@@ -352,6 +348,14 @@ def main(argv=None):
             root = getattr(self.trainer, "default_root_dir", None)
             if root:
                 _check_writable(root, "trainer.default_root_dir")
+            # folders the run writes into, checked before any data is prepared or any step is run
+            hparams = getattr(self.model, "hparams", None) or {}
+            out = hparams.get("output_dir") or getattr(self.model, "output_dir", None)
+            if out:
+                _check_writable(out, "model.output_dir")
+            cache = getattr(self.datamodule, "cache_dir", None)
+            if cache:
+                _check_writable(cache, "data.cache_dir")
             if ckpt:
                 check_model_matches(self.model, ckpt)
             elif subcommand in ("test", "validate"):

@@ -18,3 +18,11 @@ class ConfigError(MambaverseError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class OutputPathError(MambaverseError, OSError):
+    """An output or cache folder cannot be created or written (a file in the way, a read-only or virtual file
+    system, no permission, a full disk). Also an ``OSError``, so ``except OSError`` handlers still see it."""
+
+    def __str__(self) -> str:  # OSError would print "[Errno ...]" when given (errno, text)
+        return str(self.args[0]) if self.args else ""

@@ -532,3 +532,93 @@ def test_image_folder_datamodule_rejects_bad_config_values(tmp_path, kwargs, key
 
     with pytest.raises(MambaverseError, match=key):
         ImageFolderDataModule(str(tmp_path), **kwargs)
+
+
+# lead's 17:00 trial: FASTA and output paths
+def _unwritable_cases(tmp_path):
+    """(name, call, needle): each call writes under ``tmp_path/afile/sub``, a folder under a regular file (an
+    unwritable path that behaves the same for root, unlike /proc)."""
+    import mambaverse as mv
+    from mambaverse.atomic import atomic_write_bytes, write_set
+    from mambaverse.genomics.fasta import prepare_fasta
+    from mambaverse.pretrained.cli import main as convert_main
+    from mambaverse.vision.data import build_aal_slices
+
+    (tmp_path / "afile").write_text("x")
+    bad = tmp_path / "afile" / "sub"
+    fa = _fasta(tmp_path, ">r\n" + "ACGT" * 8 + "\n")
+    model = mv.create_model("caduceus_ps_dna", **SMALL)
+
+    def convert():  # a CLI entry point: returns 2 and prints one line
+        mv.save_pretrained(model, tmp_path / "ck")
+        return convert_main([str(tmp_path / "ck"), str(bad / "conv")])
+
+    return [
+        ("atomic_write", lambda: atomic_write_bytes(bad / "m.json", b"{}"), "afile"),
+        ("write_set", lambda: write_set(bad / "set", {"a.txt": lambda p: p.write_text("a")}), "afile"),
+        ("save_pretrained", lambda: mv.save_pretrained(model, bad), "afile"),
+        ("fasta cache_dir", lambda: prepare_fasta(fa, "a", cache_dir=bad), "cache_dir"),
+        ("aal-slices out_dir", lambda: build_aal_slices(bad / "aal"), "out_dir"),
+        ("convert dst", convert, "afile"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_unwritable_output_folder_is_one_line(tmp_path, index, capsys):
+    from mambaverse.errors import OutputPathError
+
+    name, call, needle = _unwritable_cases(tmp_path)[index]
+    try:
+        rc = call()
+    except MambaverseError as exc:
+        msg = str(exc)
+        assert needle in msg and "writable folder" in msg and "\n" not in msg, (name, msg)
+        assert isinstance(exc, OutputPathError) or "cache_dir" in msg, (name, type(exc))
+    else:
+        assert rc == 2, f"{name}: no error for a folder under a regular file"
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "writable folder" in err and len(err.splitlines()) == 1, (name, err)
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir()), "a temporary was left behind"
+
+
+def test_cli_unwritable_folders_fail_up_front(tmp_path, capsys):
+    from mambaverse.cli import main
+
+    fa = _fasta(tmp_path, ">r\n" + "ACGT" * 64 + "\n")
+    good = tmp_path / "g.yaml"
+    good.write_text(
+        "model:\n  class_path: mambaverse.genomics.DNAClassifier\n  init_args:\n    num_classes: 2\n"
+        f"    backbone_overrides: {SMALL}\n"
+        "data:\n  class_path: mambaverse.genomics.FastaDataModule\n  init_args:\n"
+        f"    files: {{a: [{fa}], b: [{fa}]}}\n    window: 32\n    cache_dir: {tmp_path / 'cache'}\n"
+        f"trainer:\n  max_steps: 1\n  default_root_dir: {tmp_path / 'runs'}\n  logger: false\n"
+        "  enable_progress_bar: false\n  enable_model_summary: false\n")
+    (tmp_path / "afile").write_text("x")
+    bad = str(tmp_path / "afile" / "sub")
+    m = _clf()
+    ck = _ckpt(tmp_path, m, "m.ckpt", {**m.hparams, "_class_path": "mambaverse.genomics.DNAClassifier"})
+    cases = [
+        (["fit", "--data.init_args.cache_dir", bad], "data.cache_dir"),
+        (["fit", "--trainer.default_root_dir", bad], "trainer.default_root_dir"),
+        (["fit", "--model.init_args.output_dir", bad], "model.output_dir"),
+        (["test", "--model.init_args.output_dir", bad, "--ckpt_path", str(ck)], "model.output_dir"),
+    ]
+    for extra, needle in cases:
+        argv = [extra[0], "--config", str(good), *extra[1:]]
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("mambaverse: error: ") and needle in err and "writable folder" in err, err
+    assert not (tmp_path / "runs").exists(), "a run started before the bad folder was found"
+
+
+@pytest.mark.parametrize("text", [
+    ">r1 first record\nACGTACGTAC\nACGTACGTAC",            # no final newline (common, valid)
+    ">r1 first record\nACGT ACGTA\tC\nAC GTACGTAC  \n",     # blanks inside sequence lines
+    ">r1 first record\r\nACGTACGTAC\r\nACGT ACGTAC",       # both, with CRLF
+])
+def test_fasta_without_final_newline_or_with_inner_blanks_loads(tmp_path, text):
+    src = _prepare(tmp_path, text)
+    assert src.records == [("r1", 20)]
+    assert src.fetch("r1", 0, 20) == "ACGTACGTACACGTACGTAC"
+    again = _prepare(tmp_path, text)  # the cached copy and index are reused and still valid
+    assert again.fetch("r1", 5, 15) == "CGTACACGTA"

@@ -33,6 +33,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
+from mambaverse.atomic import ensure_dir
 from mambaverse.errors import ConfigError
 from mambaverse.training.sampling import ResumableSampling
 from mambaverse.validation import check_int
@@ -688,6 +689,7 @@ def build_aal_slices(out_dir: str | os.PathLike, labels: str = "lobes", axes: Se
         names = json.loads((out_dir / "classes.json").read_text())
         counts = {s: len(list((out_dir / s / "images").glob("*.png"))) for s in _SPLITS}
         return {"classes": names, "counts": counts, "out_dir": str(out_dir)}
+    ensure_dir(out_dir.parent, f"out_dir {out_dir}: its folder", probe=True)  # before any work: one-line error
     import nibabel as nib  # only to build; a built folder needs no nibabel
 
     paths = {k: templates / f for k, f in (("t1", "ch2bet.nii.gz"), ("atlas", "aal.nii.gz"), ("names", "aal.nii.txt"))}
@@ -714,7 +716,6 @@ def build_aal_slices(out_dir: str | os.PathLike, labels: str = "lobes", axes: Se
     scale = float(np.percentile(t1[t1 > 0], 99.5)) if (t1 > 0).any() else 1.0
     image8 = np.clip(t1 / scale * 255.0, 0, 255).astype(np.uint8)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     counts = dict.fromkeys(_SPLITS, 0)
     try:
