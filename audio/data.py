@@ -118,8 +118,19 @@ def list_wavs(folder: str | Path) -> list[Path]:
     return files
 
 
+MAX_QUANTIZATION_CHANNELS = 65536  # 16-bit mu-law; more levels than a 16-bit source has are meaningless
+
+
+def code_dtype(quantization_channels: int) -> torch.dtype:
+    """The narrowest dtype that holds every mu-law code in [0, quantization_channels): uint8 up to 256 levels,
+    int16 up to 32768, int32 above (codes are stored in memory and in packed .npz files in this dtype)."""
+    return torch.uint8 if quantization_channels <= 256 else torch.int16 if quantization_channels <= 32768 \
+        else torch.int32
+
+
 class WaveformDataset(Dataset):
-    """Clips held in memory as mu-law codes (N, length) uint8 with labels (N,) int64 (-1 if unlabelled).
+    """Clips held in memory as mu-law codes (N, length) in ``code_dtype`` (uint8 for 256 levels) with labels (N,)
+    int64 (-1 if unlabelled).
 
     Item: (codes (crop or length,) int64, label () int64). ``crop`` takes a random window of that many samples
     (``random_crop``, drawn from torch's global generator, which the training loader seeds per item from
@@ -144,8 +155,10 @@ class WaveformDataset(Dataset):
 
 def load_clips(files: list[Path], sample_rate: int, length: int, quantization_channels: int = 256,
                require_labels: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read, resample, pad/crop and mu-law encode ``files`` -> (codes (N, length) uint8, labels (N,) int64)."""
-    codes = torch.empty(len(files), length, dtype=torch.uint8)
+    """Read, resample, pad/crop and mu-law encode ``files`` -> (codes (N, length) ``code_dtype(quantization_channels)``
+    (uint8 for <= 256 levels), labels (N,) int64)."""
+    dtype = code_dtype(quantization_channels)
+    codes = torch.empty(len(files), length, dtype=dtype)
     labels = torch.full((len(files),), -1, dtype=torch.long)
     for i, path in enumerate(files):
         digit = label_of(path)
@@ -153,7 +166,7 @@ def load_clips(files: list[Path], sample_rate: int, length: int, quantization_ch
             raise AudioDataError(f"{path}: label {path.parent.name!r}/{path.stem!r} is not a digit; expected a folder "
                                  f"or file-name prefix 0-9 or zero..nine (e.g. 7/a.wav, seven_a.wav)")
         labels[i] = -1 if digit is None else digit
-        codes[i] = mu_law_encode(read_wav(path, sample_rate, length), quantization_channels).to(torch.uint8)
+        codes[i] = mu_law_encode(read_wav(path, sample_rate, length), quantization_channels).to(dtype)
     return codes, labels
 
 
@@ -166,9 +179,12 @@ class WavDataModule(ResumableSampling, pl.LightningDataModule):
             soundfile needed, e.g. to ship a data set to a GPU machine).
         sample_rate: the model's rate in Hz; files at other rates are resampled.
         clip_seconds: clips are padded or cropped to ``round(clip_seconds * sample_rate)`` samples.
-        train_crop: train on random windows of this many samples (None: whole clips); validation and test use
-            the first window of the same length, so that NLL is comparable (None: whole clips).
-        quantization_channels: mu-law levels (256 = 8 bit).
+        train_crop: train on random windows of this many samples (None: whole clips); a positive integer at most
+            the clip length ``round(clip_seconds * sample_rate)`` (a longer crop is refused: it cannot be cut).
+        eval_crop: validation and test use the first window of this many samples, so that NLL is comparable
+            (None: whole clips); same range as ``train_crop``.
+        quantization_channels: mu-law levels, an integer in [2, 65536] (256 = 8 bit); must equal the model's
+            ``n_classes`` (``WaveformLM`` checks at setup). Codes are kept as uint8 up to 256 levels, wider above.
         require_labels: every file must carry a digit label (for class-conditional models and metrics).
         max_files: per split, keep at most this many files (sorted order, then a seeded shuffle) for quick runs.
         seed: seed of the random split, the ``max_files`` subset, and the training stream: the clip order and crops
@@ -190,6 +206,16 @@ class WavDataModule(ResumableSampling, pl.LightningDataModule):
         for key, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
                                 ("quantization_channels", quantization_channels, 2)):
             check_int(f"data.{key}", value, low, AudioDataError)
+        if quantization_channels > MAX_QUANTIZATION_CHANNELS:
+            raise AudioDataError(f"data.quantization_channels: got {quantization_channels}; expected an integer in "
+                                 f"[2, {MAX_QUANTIZATION_CHANNELS}] (16-bit mu-law at most)")
+        for key, value in (("train_crop", train_crop), ("eval_crop", eval_crop)):
+            if value is None:
+                continue
+            check_int(f"data.{key}", value, 1, AudioDataError)
+            if value > self.length:
+                raise AudioDataError(f"data.{key}: got {value} samples; expected at most the clip length {self.length} "
+                                     f"(clip_seconds={clip_seconds} x sample_rate={sample_rate}), or null for whole clips")
         for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             check_fraction(f"data.{key}", value, 0.0, 1.0, high_open=True, error=AudioDataError)
         self.train_crop, self.eval_crop = train_crop, eval_crop

@@ -84,17 +84,26 @@ def load_task(ckpt_path: str, map_location="cpu"):
     """A trained WaveformLM from a Lightning checkpoint (weights only: no pickled code is run)."""
     from .tasks import WaveformLM
 
+    from mambaverse.cli import check_ckpt_path
+    from mambaverse.errors import MambaverseError
+
     if not Path(ckpt_path).is_file():
         raise AudioDataError(f"--ckpt_path {ckpt_path}: not found; expected a Lightning .ckpt of a WaveformLM")
+    try:  # the suite's checkpoint check: empty, truncated, not-a-checkpoint files -> one line naming the file
+        check_ckpt_path(ckpt_path)
+    except MambaverseError as err:
+        raise AudioDataError(f"--{err}") from None
     try:
         ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=True)
         hparams = dict(ckpt["hyper_parameters"])
         task = WaveformLM(**{k: v for k, v in hparams.items() if not k.startswith("_")})
         task.load_state_dict(ckpt["state_dict"])
-    except (KeyError, RuntimeError, TypeError, EOFError, pickle.UnpicklingError) as exc:
+    except (KeyError, RuntimeError, TypeError, ValueError, OSError, EOFError, IndexError,
+            pickle.UnpicklingError) as exc:
         # UnpicklingError: a pickle that is more than tensors (weights_only refused it, nothing ran)
+        first = (str(exc).strip().splitlines() or [""])[0][:120]
         raise AudioDataError(f"--ckpt_path {ckpt_path}: not a WaveformLM checkpoint "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+                             f"({type(exc).__name__}: {first})") from None
     return task.eval()
 
 

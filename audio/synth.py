@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from mambaverse.atomic import atomic_write
+from mambaverse.validation import check_fraction, check_int
 from .errors import AudioDataError
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -93,9 +94,23 @@ def write_wav_atomic(path: Path, samples: np.ndarray, sample_rate: int, subtype:
     atomic_write(path, lambda tmp: sf.write(str(tmp), samples, sample_rate, subtype=subtype, format="WAV"))
 
 
+def check_args(n_voices, takes: int, val_fraction: float, test_fraction: float, workers: int = 1) -> None:
+    """Refuse bad ``audio-data`` arguments up front, in one line each (AudioDataError): ``--voices`` and
+    ``--takes`` integers >= 1, ``--workers`` >= 1, each fraction in [0, 1) and both together < 1 (the training
+    split keeps at least one voice; a split with a fraction > 0 gets at least one voice, checked in ``plan``)."""
+    for flag, value in (("--voices", n_voices), ("--takes", takes), ("--workers", workers)):
+        check_int(f"audio-data: {flag}", value, 1, AudioDataError)
+    for flag, value in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+        check_fraction(f"audio-data: {flag}", value, 0.0, 1.0, high_open=True, error=AudioDataError)
+    if val_fraction + test_fraction >= 1:
+        raise AudioDataError(f"audio-data: --val-fraction {val_fraction} + --test-fraction {test_fraction} = "
+                             f"{val_fraction + test_fraction:g}; expected a sum < 1 (the training split needs voices)")
+
+
 def plan(n_voices: int, takes: int, seed: int, val_fraction: float, test_fraction: float) -> list[dict]:
     """Choose voices (accent x variant, each with its own base pitch and speed), split them by voice and list
     every clip to make: one row per (voice, take, digit)."""
+    check_args(n_voices, takes, val_fraction, test_fraction)
     rng = np.random.default_rng(seed)
     pairs = [(a, v) for a in ACCENTS for v in ["", *list_variants()]]
     if n_voices > len(pairs):
@@ -122,6 +137,7 @@ def build(out: str | Path, n_voices: int = 400, takes: int = 1, seed: int = 0, v
           test_fraction: float = 0.1, workers: int = 2, progress: bool = True) -> Path:
     """Synthesise the whole set under ``out`` (see the module docstring) and return the manifest's path.
     Files already present are kept, so an interrupted run resumes."""
+    check_args(n_voices, takes, val_fraction, test_fraction, workers)
     _tools()
     out = Path(out)
     rows = plan(n_voices, takes, seed, val_fraction, test_fraction)

@@ -41,6 +41,18 @@ class WaveformLM(pl.LightningModule):
         self.conditional = conditional
         self.sample_rate = sample_rate
 
+    def setup(self, stage: str) -> None:
+        self.check_datamodule(getattr(self._trainer, "datamodule", None))
+
+    def check_datamodule(self, datamodule) -> None:
+        """Raise a one-line ConfigError if the datamodule's mu-law levels (``quantization_channels``) differ from
+        the model's output classes (codes >= n_classes would index past the embedding; fewer levels would train
+        a head with dead classes). Lightning calls it at setup through :meth:`setup`."""
+        levels = getattr(datamodule, "quantization_channels", None)
+        if levels is not None and levels != self.net.n_classes:
+            raise ConfigError(f"data.quantization_channels: got {levels}; expected the model's n_classes "
+                              f"{self.net.n_classes} (set model.init_args.model_overrides.n_classes: {levels})")
+
     def forward(self, codes, labels=None):
         return self.net(codes, labels if self.conditional else None)
 

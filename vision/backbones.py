@@ -27,10 +27,21 @@ from timm.models._features import feature_take_indices
 
 from mambaverse.errors import ConfigError, ShapeError
 from mambaverse.mixers import BidirectionalMamba, RMSNorm
+from mambaverse.backbones.stack import check_input_dtype
 from mambaverse.patch_scan import SS2D, check_image, pad_to_multiple
 from mambaverse.registry import builder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+
+
+def check_image_dtype(x: torch.Tensor, expected: torch.dtype, who: str) -> None:
+    """Raise a one-line ShapeError for an integer image (e.g. uint8 pixels) or a float image of another dtype than
+    the weights outside autocast; images are never cast silently (``ImageFolderDataModule`` already yields
+    normalised float32)."""
+    if not x.is_floating_point():
+        raise ShapeError(f"{who}: input image has dtype {x.dtype}; expected a normalised float image of dtype "
+                         f"{expected} (e.g. (x.float() / 255 - mean) / std, as the vision data modules do)")
+    check_input_dtype(x, expected, who, "input image")
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
@@ -141,6 +152,7 @@ class VimBackbone(_Classifier, nn.Module):
     # -- embedding ---------------------------------------------------------------------------------
     def _embed(self, x):
         x = check_image(x, self.in_chans, self.patch_size, "VimBackbone", pad=self.dynamic_img_pad)
+        check_image_dtype(x, self.patch_embed.weight.dtype, "VimBackbone")
         patches = self.patch_embed(x)
         b, d, gh, gw = patches.shape
         tokens = patches.flatten(2).transpose(1, 2)
@@ -311,6 +323,7 @@ class VMambaBackbone(_Classifier, nn.Module):
     def _stage_maps(self, x, stop: int | None = None):
         """Yield each stage's output map (B, C_i, H_i, W_i), before the final norm."""
         x = check_image(x, self.in_chans, self.patch_size, "VMambaBackbone", pad=self.dynamic_img_pad)
+        check_image_dtype(x, self.patch_embed[0].weight.dtype, "VMambaBackbone")
         h = self.embed_norm(self.patch_embed(x).permute(0, 2, 3, 1))
         checkpointing = self.grad_checkpointing and self.training
         for i, blocks in enumerate(self.stages[:stop]):

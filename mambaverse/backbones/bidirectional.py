@@ -10,7 +10,7 @@ from ..errors import ConfigError
 from ..mixers import D_CONV, D_STATE, EXPAND
 from ..mixers.bidirectional import resolve_combine
 from ..rc import RCEquivariant
-from .stack import MixerStack, check_hidden
+from .stack import MixerStack, check_hidden, weight_dtype
 
 _ARGS_DOC = """
     Args:
@@ -84,5 +84,5 @@ class RCPSBackbone(nn.Module):
 
     def forward(self, hidden, chunking=None):
         """hidden (B, L, d_model) -> (B, L, d_model); ``chunking`` (a Chunking or chunk_len) overrides chunk_len."""
-        check_hidden(hidden, self.d_model, "RCPSBackbone")
+        check_hidden(hidden, self.d_model, "RCPSBackbone", weight_dtype(self))
         return self.rc(hidden, chunking=chunking)

@@ -13,8 +13,29 @@ from .block import ResidualBlock
 from .sweep import Chunking, check_chunk_len, sweep_chunks, sweep_layers
 
 
-def check_hidden(hidden, d_model: int, who: str) -> None:
-    """Raise a one-line ShapeError unless ``hidden`` is a floating (B, L, d_model) tensor with L >= 1.
+def weight_dtype(module: nn.Module) -> torch.dtype | None:
+    """The dtype of ``module``'s first floating weight matrix (dim >= 2): the dtype its inputs must have."""
+    return next((p.dtype for p in module.parameters() if p.dim() >= 2 and p.is_floating_point()), None)
+
+
+def check_input_dtype(x: torch.Tensor, expected: torch.dtype | None, who: str, what: str = "input") -> None:
+    """Raise a one-line ShapeError if float ``x`` has another dtype than the weights (``expected``).
+
+    Inputs are never cast silently (a float64 input would lose precision the caller asked for; a float32 input to
+    a bfloat16 model would hide a missing ``.to(dtype)``): the caller casts, or runs under ``torch.autocast``,
+    which handles mixed dtypes itself and is let through.
+    """
+    if expected is None or x.dtype == expected or not x.is_floating_point():
+        return
+    if torch.is_autocast_enabled(x.device.type):
+        return
+    raise ShapeError(f"{who}: {what} has dtype {x.dtype}; expected {expected} (the dtype of the weights): cast it "
+                     f"with .to({expected}), move the model with .to({x.dtype}), or run under torch.autocast")
+
+
+def check_hidden(hidden, d_model: int, who: str, dtype: torch.dtype | None = None) -> None:
+    """Raise a one-line ShapeError unless ``hidden`` is a floating (B, L, d_model) tensor with L >= 1 (and, given
+    ``dtype``, of that dtype outside autocast: see :func:`check_input_dtype`).
 
     Integer token ids and empty sequences are the usual mistakes: say so instead of failing deep in a mixer.
     """
@@ -28,6 +49,7 @@ def check_hidden(hidden, d_model: int, who: str) -> None:
         raise ShapeError(f"{who}: input has shape {tuple(hidden.shape)}, expected (batch, length, d_model={d_model})")
     if hidden.shape[1] == 0:
         raise ShapeError(f"{who}: input has length 0 (shape {tuple(hidden.shape)}); expected at least one position")
+    check_input_dtype(hidden, dtype, who)
 
 
 class MixerStack(nn.Module):
@@ -71,7 +93,7 @@ class MixerStack(nn.Module):
     supports_context_parallel = carries_state
 
     def _check(self, hidden):
-        check_hidden(hidden, self.d_model, type(self).__name__)
+        check_hidden(hidden, self.d_model, type(self).__name__, weight_dtype(self))
 
     def _run(self, layer, hidden, **kwargs):
         if self.checkpoint_layers and self.training and torch.is_grad_enabled():
