@@ -382,6 +382,101 @@ RECHECK_CASES = [
 
 ERROR_CASES = RECHECK_CASES + FASTA_CASES + DATA_CASES + MODEL_CASES + CKPT_CASES + BACKBONE_CASES + AUDIO_CASES + VISION_CASES
 
+# lead's 17:00 trial: audio and backbones
+def _synth():
+    return pytest.importorskip("mambaverse.audio.synth")
+
+
+def _waveform_lm(**kw):
+    from mambaverse.audio.tasks import WaveformLM
+
+    return WaveformLM(model="sashimi_mamba_tiny", **kw)
+
+
+def generate_ckpt_cut(t, keep):
+    """A real WaveformLM checkpoint written by torch.save, then cut to ``keep`` of its bytes (0: empty)."""
+    _audio()
+    from mambaverse.audio.generate import load_task
+
+    task = _waveform_lm()
+    p = t / "cut.ckpt"
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, p)
+    p.write_bytes(p.read_bytes()[: int(p.stat().st_size * keep)])
+    load_task(str(p))
+
+
+def levels_differ_from_model(t):
+    _audio()
+    _waveform_lm().check_datamodule(_audio().WavDataModule(str(t), quantization_channels=1024))
+
+
+def _mamba_causal():
+    return __import__("mambaverse").create_model("mamba_dna_paper", **SMALL)
+
+
+def _vision_model(name):
+    pytest.importorskip("mambaverse.vision")
+    import mambaverse as mv
+
+    if name == "vmamba_tiny":
+        return mv.create_model(name, dims=(16, 32), depths=(1, 1), num_classes=2)
+    return mv.create_model(name, embed_dim=16, depth=1, img_size=32, num_classes=2)
+
+
+TRIAL_CASES = [
+    ("audio_levels_over_16_bit", lambda t: _audio().WavDataModule(str(t), quantization_channels=100000),
+     "quantization_channels: got 100000"),
+    ("audio_levels_bool", lambda t: _audio().WavDataModule(str(t), quantization_channels=True),
+     "quantization_channels"),
+    ("audio_levels_differ_from_model", levels_differ_from_model, "n_classes 256"),
+    ("audio_train_crop_negative", lambda t: _audio().WavDataModule(str(t), train_crop=-5), "train_crop: got -5"),
+    ("audio_train_crop_zero", lambda t: _audio().WavDataModule(str(t), train_crop=0), "train_crop: got 0"),
+    ("audio_train_crop_past_clip", lambda t: _audio().WavDataModule(str(t), train_crop=99999),
+     "clip length 16000"),
+    ("audio_eval_crop_past_clip", lambda t: _audio().WavDataModule(str(t), clip_seconds=0.5, eval_crop=8001),
+     "eval_crop: got 8001"),
+    ("generate_ckpt_truncated", lambda t: generate_ckpt_cut(t, 0.5), "cut.ckpt"),
+    ("generate_ckpt_empty", lambda t: generate_ckpt_cut(t, 0), "cut.ckpt"),
+    ("audio_data_val_fraction_negative", lambda t: _synth().build(t / "o", 4, val_fraction=-0.5),
+     "--val-fraction: got -0.5"),
+    ("audio_data_val_fraction_over_one", lambda t: _synth().build(t / "o", 4, val_fraction=1.5),
+     "--val-fraction: got 1.5"),
+    ("audio_data_fractions_leave_no_train", lambda t: _synth().build(t / "o", 4, val_fraction=0.5,
+                                                                   test_fraction=0.5), "expected a sum < 1"),
+    ("audio_data_takes_zero", lambda t: _synth().build(t / "o", 4, takes=0), "--takes: got 0"),
+    ("backbone_causal_float64", lambda t: _mamba_causal()(torch.zeros(1, 4, 16, dtype=torch.float64)),
+     "expected torch.float32"),
+    ("backbone_rc_float64", lambda t: _clf().backbone(torch.zeros(2, 8, 16, dtype=torch.float64)),
+     "expected torch.float32"),
+    ("backbone_bf16_model_float32_input", lambda t: _mamba_causal().to(torch.bfloat16)(torch.zeros(1, 4, 16)),
+     "expected torch.bfloat16"),
+    ("vmamba_uint8_image", lambda t: _vision_model("vmamba_tiny")(torch.zeros(1, 3, 32, 32, dtype=torch.uint8)),
+     "expected a normalised float image"),
+    ("vmamba_float64_image", lambda t: _vision_model("vmamba_tiny")(torch.zeros(1, 3, 32, 32, dtype=torch.float64)),
+     "expected torch.float32"),
+    ("vim_uint8_image", lambda t: _vision_model("vim_tiny")(torch.zeros(1, 3, 32, 32, dtype=torch.uint8)),
+     "VimBackbone"),
+]
+ERROR_CASES += TRIAL_CASES
+
+
+def test_trial_wide_mu_law_codes_and_autocast_inputs_are_handled(tmp_path):
+    """1024 mu-law levels keep codes above 255 (they were stored as uint8); a float32 input under autocast and an
+    in-range crop are accepted (the dtype check lets autocast through)."""
+    a = _audio()
+    t = np.linspace(0, 1, 1600, endpoint=False)
+    (tmp_path / "7").mkdir()
+    _wav(tmp_path, 0.9 * np.sin(2 * np.pi * 220 * t), 16000, "7/a.wav")
+    codes, labels = a.load_clips([tmp_path / "7" / "a.wav"], 16000, 1600, quantization_channels=1024)
+    assert codes.dtype == torch.int16 and int(codes.max()) > 255 and int(codes.max()) < 1024
+    assert labels.tolist() == [7]
+    assert a.WavDataModule(str(tmp_path), train_crop=16000).train_crop == 16000
+    _waveform_lm(model_overrides={"n_classes": 1024}).check_datamodule(
+        a.WavDataModule(str(tmp_path), quantization_channels=1024))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _mamba_causal()(torch.zeros(1, 4, 16)).shape == (1, 4, 16)
+# end of lead's 17:00 trial: audio and backbones
+
 
 def test_table_is_large():
     assert len(ERROR_CASES) >= 40
