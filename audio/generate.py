@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import yaml
 
-from mambaverse.atomic import atomic_write
+from mambaverse.atomic import atomic_write, check_writable_dir
+from mambaverse.errors import OutputPathError
 from .errors import AudioDataError
 
 
@@ -156,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="capture the step loop as a CUDA graph (auto: on for CUDA)")
     parser.add_argument("--out", default=None, help="output folder (default: <ckpt folder>/../samples)")
     args = parser.parse_args(argv)
+    out = Path(args.out) if args.out else Path(args.ckpt_path).resolve().parent.parent / "samples"
     try:
+        check_writable_dir(out, "--out")  # before generating: one line now, not an error after the work
         cfg = read_config(args.config)
         data_args = ((cfg.get("data") or {}).get("init_args") or {})
         task = load_task(args.ckpt_path)
@@ -183,13 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         net = task.net.to(device)
         codes, sps = generate_clips(net, args.number, length, labels, args.temperature, args.top_p, args.seed,
                                     device, args.batch_size, use_graph)
-    except AudioDataError as err:
+    except (AudioDataError, OutputPathError) as err:
         print(f"mambaverse: error: {err}", file=sys.stderr)
         return 2
     from .data import mu_law_decode
 
     audio = mu_law_decode(codes, net.n_classes)
-    out = Path(args.out) if args.out else Path(args.ckpt_path).resolve().parent.parent / "samples"
     titles = []
     for k in range(args.number):
         tag = f"_digit{int(labels[k])}" if labels is not None else ""

@@ -648,6 +648,11 @@ def _unwritable_cases(tmp_path):
         mv.save_pretrained(model, tmp_path / "ck")
         return convert_main([str(tmp_path / "ck"), str(bad / "conv")])
 
+    def generate():
+        gen = pytest.importorskip("mambaverse.audio.generate")
+        return gen.main(["--config", str(tmp_path / "none.yaml"), "--ckpt_path", str(tmp_path / "none.ckpt"),
+                         "--out", str(bad)])
+
     return [
         ("atomic_write", lambda: atomic_write_bytes(bad / "m.json", b"{}"), "afile"),
         ("write_set", lambda: write_set(bad / "set", {"a.txt": lambda p: p.write_text("a")}), "afile"),
@@ -655,10 +660,11 @@ def _unwritable_cases(tmp_path):
         ("fasta cache_dir", lambda: prepare_fasta(fa, "a", cache_dir=bad), "cache_dir"),
         ("aal-slices out_dir", lambda: build_aal_slices(bad / "aal"), "out_dir"),
         ("convert dst", convert, "afile"),
+        ("generate --out", generate, "--out"),  # checked before the checkpoint is even read
     ]
 
 
-@pytest.mark.parametrize("index", range(6))
+@pytest.mark.parametrize("index", range(7))
 def test_unwritable_output_folder_is_one_line(tmp_path, index, capsys):
     from mambaverse.errors import OutputPathError
 
