@@ -76,12 +76,17 @@ def ensure_dir(path, what: str = "output folder", probe: bool = False) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
         if probe:
-            tmp = temp_name(path / "probe")
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            os.unlink(tmp)
+            _probe(path)
     except OSError as exc:
         raise _unwritable(path, exc, what) from None
     return path
+
+
+def _probe(folder: Path) -> None:
+    """Make and remove a file in ``folder`` (raises the OSError when that is impossible)."""
+    tmp = temp_name(folder / "probe")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    os.unlink(tmp)
 
 
 def check_writable_dir(path, what: str = "output folder") -> Path:
@@ -97,9 +102,7 @@ def check_writable_dir(path, what: str = "output folder") -> Path:
     try:
         if not probe.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(probe))
-        tmp = temp_name(probe / "probe")
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        os.unlink(tmp)
+        _probe(probe)
     except OSError as exc:
         raise _unwritable(path, exc, what) from None
     return path
