@@ -92,6 +92,29 @@ def command_line(argv) -> str:
     return " ".join([Path(sys.argv[0]).name] + list(argv if argv is not None else sys.argv[1:]))
 
 
+def parse_args(ap, argv):
+    """(args, names of the options given on the command line): --tiny replaces only the ones not given."""
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    given = {a[2:].split("=")[0].replace("-", "_") for a in argv_list if a.startswith("--")}
+    return ap.parse_args(argv_list), given
+
+
+def apply_tiny(args, given: set, tiny: dict) -> None:
+    """With --tiny, set the tiny defaults of every option the command line did not give."""
+    if args.tiny:
+        for k, v in tiny.items():
+            if k not in given:
+                setattr(args, k, v)
+
+
+def run_meta(args, argv) -> dict:
+    """The head every DNA results file starts with: date, device, versions, the --tiny caveat, command."""
+    return {"date": utc_now(), "device": device_name(args.device), "versions": versions(),
+            **({"note": "--tiny: a pipeline check on CPU (a 2-layer d_model 32 model, a few steps); its numbers say "
+                        "nothing about context"} if args.tiny else {}),
+            "command": command_line(argv)}
+
+
 def utc_now() -> str:
     import datetime as dt
 

@@ -270,9 +270,7 @@ def main(argv=None) -> int:
     ap.add_argument("--append", action="store_true", help="keep the rows already in this tag's results file")
     ap.add_argument("--from-json", default=None, metavar="JSON", help="rewrite the markdown and the plot of a results "
                     "JSON (e.g. one written on the GPU machine) into --out, with --tag or the JSON's tag, and exit")
-    argv_list = list(sys.argv[1:] if argv is None else argv)
-    given = {a[2:].split("=")[0].replace("-", "_") for a in argv_list if a.startswith("--")}
-    args = ap.parse_args(argv_list)
+    args, given = C.parse_args(ap, argv)
     if args.stage_data:
         C.stage_data(args.stage_data, list(C.DATA))
         return 0
@@ -281,10 +279,7 @@ def main(argv=None) -> int:
         tag = args.tag or Path(args.from_json).stem.removeprefix("dna_context_sweep_")
         print("wrote " + ", ".join(map(str, write_results(res["rows"], res["meta"], Path(args.out), tag))))
         return 0
-    if args.tiny:
-        for k, v in TINY.items():
-            if k not in given:
-                setattr(args, k, v)
+    C.apply_tiny(args, given, TINY)
     args.lengths = sorted(set(args.lengths))
     args.block_size = args.block_size or max(args.lengths)
     clock = C.Clock(args.time_budget)
@@ -324,10 +319,7 @@ def main(argv=None) -> int:
         steps = max(1, int(args.tokens) // args.batch_tokens)
     args.lr_warmup_steps = args.lr_warmup_steps if args.lr_warmup_steps is not None else max(1, steps // 10)
     backbone, overrides = args.arch
-    meta = {"date": C.utc_now(), "device": C.device_name(args.device), "versions": C.versions(),
-            **({"note": "--tiny: a pipeline check on CPU (a 2-layer d_model 32 model, a few steps); its numbers say "
-                        "nothing about context"} if args.tiny else {}),
-            "command": C.command_line(argv),
+    meta = {**C.run_meta(args, argv),
             "model": f"DNAClassifier(backbone={backbone}, overrides={json.dumps(overrides)}, single-base input, mean "
                      f"pooling); init pretrained = backbone and embedding of {args.pretrained or '(none)'} "
                      f"(chrX causal LM); AdamW lr {args.lr}, {args.lr_warmup_steps} warmup steps then cosine, "

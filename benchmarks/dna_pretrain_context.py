@@ -512,12 +512,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", default=None, help="results file suffix (default: the device type)")
     ap.add_argument("--from-json", default=None, metavar="JSON", help="rewrite the markdown and the plot of a results "
                     "JSON (e.g. one written on the GPU machine) into --out, with --tag or the JSON's tag, and exit")
-    given = set()
-    argv_list = list(sys.argv[1:] if argv is None else argv)
-    for a in argv_list:
-        if a.startswith("--"):
-            given.add(a[2:].split("=")[0].replace("-", "_"))
-    args = ap.parse_args(argv_list)
+    args, given = C.parse_args(ap, argv)
     if args.stage_data:
         C.stage_data(args.stage_data, list(C.DATA))
         return 0
@@ -527,10 +522,7 @@ def main(argv=None) -> int:
         print("wrote " + ", ".join(map(str, write_results(res["rows"], res.get("markov") or [], res["meta"],
                                                          Path(args.out), tag))))
         return 0
-    if args.tiny:
-        for k, v in TINY.items():
-            if k not in given:
-                setattr(args, k, v)
+    C.apply_tiny(args, given, TINY)
     args.lengths = sorted(set(args.lengths))
     Lmax, Lmin = max(args.lengths), min(args.lengths)
     if any(Lmax % L for L in args.lengths):
@@ -575,10 +567,7 @@ def main(argv=None) -> int:
         args.lr_warmup_steps = max(1, steps // 10)
     every = max(1, int(round(args.length_warmup_fraction * steps / n_doublings)))
     params = sum(p.numel() for p in build_model(args, None).parameters())
-    meta = {"date": C.utc_now(), "device": C.device_name(args.device), "versions": C.versions(),
-            **({"note": "--tiny: a pipeline check on CPU (a 2-layer d_model 32 model, a few steps); its numbers say "
-                        "nothing about context"} if args.tiny else {}),
-            "command": C.command_line(argv),
+    meta = {**C.run_meta(args, argv),
             "model": f"DNALanguageModel(backbone={args.backbone}, overrides={args.backbone_overrides or '{}'}, "
                      f"causal), {params:,} parameters; AdamW lr {args.lr} (betas 0.9/0.95, weight decay "
                      f"{args.weight_decay}), {args.lr_warmup_steps} warmup steps then cosine to 10%, gradient clip 1.0, "
