@@ -342,6 +342,13 @@ def main(argv=None):
                 print(f"mambaverse {sub}: from {ckpt} with the config's " + ", ".join(
                     f"{k}={v!r}" for k, v in changed.items()) + " (the checkpoint's differ)", file=sys.stderr)
 
+        def before_instantiate_classes(self):
+            # before the Trainer exists, so a bad folder is one line, not after Lightning's device lines
+            sub = self.config.get("subcommand")
+            root = (self.config[sub].get("trainer") or {}).get("default_root_dir") if sub else None
+            if root:
+                _check_writable(root, "trainer.default_root_dir")
+
         def _check_run(self, subcommand):
             cfg = self.config.get(subcommand, {})
             ckpt = cfg.get("ckpt_path")
@@ -401,7 +408,12 @@ def main(argv=None):
         return 2
     except ArgumentError as err:  # a bad option or config value: the message, not 50 lines of usage first
         sub = next((a for a in argv if a in LIGHTNING_COMMANDS), None)
-        print(f"mambaverse: error: {_compact(err)} (`mambaverse {sub or ''} --help`".replace("  ", " ")
+        message = _compact(err)
+        configs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+        configs += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+        # PyYAML parses the file's text, so its messages name "<unicode string>" instead of the file
+        message = message.replace('"<unicode string>"', repr(configs[0]) if len(configs) == 1 else "a --config file")
+        print(f"mambaverse: error: {message} (`mambaverse {sub or ''} --help`".replace("  ", " ")
               + " lists the options)", file=sys.stderr)
         return 2
     except Exception as exc:  # jsonargparse wraps errors raised while instantiating the model or data

@@ -573,6 +573,9 @@ def test_cli_errors_are_one_line_without_usage(tmp_path, capsys):
         (["fit", "--config", str(good), "--model.init_args.lr", "abc"], "lr"),
         (["test", "--config", str(good), "--ckpt_path", str(tmp_path / "none.ckpt")], "none.ckpt"),
     ]
+    broken = tmp_path / "broken.yaml"  # a YAML syntax error names the file, not PyYAML's "<unicode string>"
+    broken.write_text("trainer:\n  max_steps: [1\n")
+    cases.append((["fit", "--config", str(broken)], "broken.yaml', line 2"))
     (tmp_path / "empty.ckpt").write_bytes(b"")
     cases.append((["validate", "--config", str(good), "--ckpt_path", str(tmp_path / "empty.ckpt")], "empty.ckpt"))
     # a ${...} naming no key, given on the command line (jsonargparse, not omegaconf, reports this one)
