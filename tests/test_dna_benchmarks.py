@@ -119,23 +119,68 @@ def test_fold_keeps_every_target_once():
         pre.fold(ids, 5)
 
 
+def test_held_out_targets_are_the_same_at_every_length_and_half_mode_has_half_the_context(cache):
+    """Both evaluations score exactly the held-out bases [first, first + tiles * T) at every L; the
+    context >= L/2 mode's sequences start L/2 bases earlier and score only their second half."""
+    pre = _load("dna_pretrain_context")
+    T = 2048
+    dm = FastaDataModule({"lambda": [str(LAMBDA)]}, window=T + 1, batch_size=1, split="region",
+                         split_fractions=(0.8, 0.2, 0.0), val_windows=0, test_windows=0, cache_dir=cache)
+    dm.setup("fit")
+    held = pre.HeldOut(dm, tiles=10, T=T)
+    a, b = dm.spans["val"][0].start, dm.spans["val"][0].end
+    assert held.first == a + T // 2 + 1 and held.first + held.bases <= b and held.tiles == (b - a - T // 2 - 1) // T
+    full = torch.from_numpy(dm.tokenizer.encode(_lambda_seq()).astype("int64"))
+    want = full[held.first:held.first + held.bases]
+    for L in (64, 512, T):
+        whole = held.sequences(L, half=False)
+        assert whole.shape == (held.bases // L, L + 1) and torch.equal(whole[:, 1:].reshape(-1), want)
+        halves = held.sequences(L, half=True)
+        assert halves.shape == (2 * held.bases // L, L + 1)
+        assert torch.equal(halves[:, 1 + L // 2:].reshape(-1), want)  # second halves tile the same targets
+        start = held.first - 1 - L // 2  # the first sequence's first input base, in the held-out region
+        assert start >= a and torch.equal(halves[0], full[start:start + L + 1])
+
+
+def test_runs_are_shared_by_cost_and_the_plan_fits_every_worker():
+    pre = _load("dna_pretrain_context")
+    runs = [(1024, 0), (2 ** 20, 0), (2 ** 20, 1), (1024, 1), (2 ** 16, 0), (2 ** 12, 0), (2 ** 18, 0), (2 ** 14, 0)]
+    sps = {1024: 0.6, 2 ** 12: 0.62, 2 ** 14: 0.64, 2 ** 16: 0.66, 2 ** 18: 0.68, 2 ** 20: 0.7}
+    shares = pre.assign_runs(runs, {r: sps[r[0]] * 100 + 10 for r in runs}, 2)
+    assert sorted(r for s in shares for r in s) == sorted(runs) and [len(s) for s in shares] == [4, 4]
+    for s in shares:  # each worker keeps the priority order
+        assert s == [r for r in runs if r in s]
+    steps = pre.plan_steps(400.0, 10.0, sps, shares)
+    loads = [sum(steps * sps[L] + 10.0 for L, _ in s) for s in shares]
+    assert max(loads) <= 400.0 and max(sum((steps + 1) * sps[L] + 10.0 for L, _ in s) for s in shares) > 400.0
+    assert pre.assign_runs(runs[:3], {r: 1.0 for r in runs}, 4)[3] == []  # more workers than runs: one idle
+    assert pre.sps_at({1024: 1.0, 2 ** 20: 2.0}, 2 ** 15) == pytest.approx(1.5)
+    assert pre.parse_gpus("0,1") == ["0", "1"] and pre.parse_gpus("cpu,cpu") == ["cpu", "cpu"]
+    with pytest.raises(SystemExit, match="--gpus"):
+        pre.parse_gpus("0,x")
+
+
 def test_tiny_pretraining_then_sweep_end_to_end(tmp_path, cache):
-    """Both scripts with --tiny on real chrX, Plasmodium and S. aureus FASTA: results files, the same held-out
-    bases at every length, a checkpoint that the sweep's pretrained runs load, and a time cap that leaves a
-    results file whose rows say they were not run."""
+    """Both scripts with --tiny on real chrX, Plasmodium and S. aureus FASTA: pretraining through two worker
+    processes (--gpus cpu,cpu: the multi-GPU path on CPU) merged into one results file, the same held-out
+    bases at every length, a checkpoint (written by the worker that ran the longest length) that the sweep's
+    pretrained runs load, and a time cap that leaves a results file whose rows say they were not run."""
     pre, sweep = _load("dna_pretrain_context"), _load("dna_context_sweep")
     out, ckpt = tmp_path / "results", tmp_path / "chrX.ckpt"
-    assert pre.main(["--tiny", "--out", str(out), "--save-ckpt", str(ckpt), "--cache-dir", cache,
+    assert pre.main(["--tiny", "--gpus", "cpu,cpu", "--out", str(out), "--save-ckpt", str(ckpt), "--cache-dir", cache,
                      "--work-dir", str(tmp_path / "runs")]) == 0
     res = json.loads((out / "dna_pretrain_context_cpu_tiny.json").read_text())
     rows = res["rows"]
     assert sorted((r["context"], r["seed"]) for r in rows) == [(64, 0), (256, 0), (1024, 0), (1024, 1)]
+    assert {r["worker"] for r in rows} == {0, 1} and all(r["status"] == "done" for r in rows)
     assert len({r["val_bases"] for r in rows}) == 1 and len({r["train_tokens"] for r in rows}) == 1
+    assert len({r["val_targets"] for r in rows}) == 1
+    assert all(math.isfinite(r["val_bpb_half"]) and 1.0 < r["val_bpb_half"] < 4.0 for r in rows)
     assert all(math.isfinite(r["val_bpb"]) and 1.0 < r["val_bpb"] < 4.0 for r in rows)
     assert [r["sequences_per_step"] for r in sorted(rows, key=lambda r: r["context"])][:3] == [16, 4, 1]
     assert {m["order"] for m in res["markov"]} == {2, 4}
     md = (out / "dna_pretrain_context_cpu_tiny.md").read_text()
-    assert "run-to-run noise" in md and "| 1,024 | 10 | 1 |" in md
+    assert "run-to-run noise" in md and "| 1,024 | 10 | 1 |" in md and "2 worker processes" in md
     assert (out / "dna_pretrain_context_cpu_tiny.png").stat().st_size > 1000
 
     assert sweep.main(["--tiny", "--pretrained", str(ckpt), "--out", str(out), "--cache-dir", cache,
