@@ -26,12 +26,11 @@ def triton_available(device) -> bool:
 if _TRITON_IMPORT_ERROR is None:
     from ._conv import causal_conv1d_triton
     from .ops import bidirectional_scan_triton, cross_selective_scan_triton, selective_scan_triton
-    from ._scan import set_config
     from ._rows import set_rows_config
     from ._correction import set_correction_config, state_correction_triton
 
     __all__ = ["triton_available", "selective_scan_triton", "bidirectional_scan_triton",
-               "cross_selective_scan_triton", "causal_conv1d_triton", "set_config", "set_rows_config", "set_correction_config",
+               "cross_selective_scan_triton", "causal_conv1d_triton", "set_rows_config", "set_correction_config",
                "state_correction_triton"]
 else:  # pragma: no cover
     __all__ = ["triton_available"]

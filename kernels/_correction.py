@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._scan import _next_pow2, _pow2_divisor, _softplus
+from ._common import _next_pow2, _pow2_divisor, _softplus
 
 LOG2E = 1.4426950408889634
 

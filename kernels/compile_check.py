@@ -50,40 +50,37 @@ def main() -> int:
     from mambaverse.kernels import _conv as KC
     from mambaverse.kernels import _correction as KR
     from mambaverse.kernels import _rows as KW
-    from mambaverse.kernels import _scan as KS
 
     bf = {"u_ptr", "dt_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "dout_ptr", "du_ptr", "ddt_ptr", "dz_ptr",
           "x_ptr", "y_ptr", "dy_ptr", "dx_ptr"}
     opts = dict(HAS_D=True, HAS_Z=True, HAS_DB=True, SOFTPLUS=True, BLOCK_N=16)
     fwd = dict(HAS_H0=True, STORE_HT=True, STORE_CK=True, CK_EVERY=1)
     bwd = dict(HAS_DHT=True, STORE_DH0=True)
-    (bdf, blf, wf), (bdb, blb, wb) = KS._CONFIG["fwd"], KS._CONFIG["bwd"]
     cases = []
-    for mode in (1, 2):  # fused bidirectional, cross-scan (the plain scan is _rows.py)
-        cases.append((f"scan_fwd mode={mode}", KS._scan_fwd_kernel,
-                      dict(opts, **fwd, MODE=mode, BLOCK_D=bdf, BLOCK_L=blf), wf))
-        cases.append((f"scan_bwd mode={mode}", KS._scan_bwd_kernel,
-                      dict(opts, **bwd, MODE=mode, BLOCK_D=bdb, BLOCK_L=blb), wb))
-    cases.append(("scan_fwd bare", KS._scan_fwd_kernel, dict(MODE=1, HAS_D=False, HAS_Z=False, HAS_DB=False,
-                  SOFTPLUS=False, HAS_H0=False, STORE_HT=False, STORE_CK=False, CK_EVERY=1, BLOCK_D=bdf, BLOCK_N=16,
-                  BLOCK_L=blf), wf))
-    cases.append(("scan_bwd bare", KS._scan_bwd_kernel, dict(MODE=1, HAS_D=False, HAS_Z=False, HAS_DB=False,
-                  SOFTPLUS=False, HAS_DHT=False, STORE_DH0=False, BLOCK_D=bdb, BLOCK_N=16, BLOCK_L=blb), wb))
-    cases.append(("seg_fwd", KS._seg_fwd_kernel, dict(MODE=1, HAS_DB=True, SOFTPLUS=True, BLOCK_D=bdf,
-                                                      BLOCK_N=16, BLOCK_L=blf), wf))
-    cases.append(("seg_bwd", KS._seg_bwd_kernel, dict(MODE=1, HAS_Z=True, HAS_DB=True, SOFTPLUS=True,
-                                                      BLOCK_D=bdb, BLOCK_N=16, BLOCK_L=blb), wb))
     configs = [KW._CONFIG["fwd"], KW._CONFIG["bwd"]] + [(1, 512, 4), (2, 1024, 4), (4, 512, 4), (1, 2048, 8)]
     rows_only = len(sys.argv) > 1 and sys.argv[1] == "--rows-only"
     if rows_only:
         cases = []
+    plain = dict(NDIR=1, MODE=0, ACC_OUT=False)
+    plain_b = dict(NDIR=1, MODE=0, ACC_DU=False, ACC_DDT=False)
     for i, (bd, bl, w) in enumerate(dict.fromkeys(configs)):
         for rev in (False, True) if i == 0 else (False,):
             cases.append((f"rows_fwd rev={rev} {bd},{bl},{w}", KW._rows_fwd_kernel,
-                          dict(opts, **fwd, REV=rev, BLOCK_D=bd, BLOCK_L=bl), w))
+                          dict(opts, **fwd, **plain, REV=rev, BLOCK_D=bd, BLOCK_L=bl), w))
             cases.append((f"rows_bwd rev={rev} {bd},{bl},{w}", KW._rows_bwd_kernel,
-                          dict(opts, **bwd, REV=rev, BLOCK_D=bd, BLOCK_L=bl, NT=32 * w, STRIPED=bl % (32 * w) == 0,
-                               ATOMICS=True), w))
+                          dict(opts, **bwd, **plain_b, REV=rev, BLOCK_D=bd, BLOCK_L=bl, NT=32 * w,
+                               STRIPED=bl % (32 * w) == 0, ATOMICS=True), w))
+    # the fused ops: bidirectional (2 directions, outputs and shared-input gradients summed in-kernel) and
+    # the 4-route cross-scan, at the default config (no initial/final state in their contracts)
+    (bd, bl, w), (bdb, blb, wb) = KW._CONFIG["fwd"], KW._CONFIG["bwd"]
+    nostate_f = dict(HAS_H0=False, STORE_HT=False, STORE_CK=True, CK_EVERY=1)
+    nostate_b = dict(HAS_DHT=False, STORE_DH0=False)
+    for name, ndir, mode, o in (("bidir", 2, 0, opts), ("cross", 4, 1, dict(opts, HAS_Z=False))):
+        cases.append((f"rows_fwd {name} {bd},{bl},{w}", KW._rows_fwd_kernel,
+                      dict(o, **nostate_f, NDIR=ndir, MODE=mode, REV=False, ACC_OUT=True, BLOCK_D=bd, BLOCK_L=bl), w))
+        cases.append((f"rows_bwd {name} {bdb},{blb},{wb}", KW._rows_bwd_kernel,
+                      dict(o, **nostate_b, NDIR=ndir, MODE=mode, REV=False, ACC_DU=True, ACC_DDT=mode == 0,
+                           BLOCK_D=bdb, BLOCK_L=blb, NT=32 * wb, STRIPED=blb % (32 * wb) == 0, ATOMICS=True), wb))
     rows_cases = list(cases)
     if not rows_only:
         for layout, cfg in KC._CONFIG.items():  # step-contiguous and channel-last tiles, forward and backward

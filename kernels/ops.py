@@ -8,8 +8,8 @@ import os
 
 import torch
 
-from ._rows import _RowsFn
-from ._scan import _needs_grad, _ScanFn, _ScanSpec
+from ._common import _needs_grad
+from ._rows import RowsFn, ScanSpec
 
 
 def interpreting() -> bool:
@@ -35,8 +35,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     check_device("selective_scan_triton", u)
     h0 = None if initial_state is None else initial_state.float()
     need_ck = _needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    out, hT = _RowsFn.apply(bool(reverse), bool(delta_softplus), bool(return_final_state), need_ck,
-                            u, delta, A, _grouped(B), _grouped(C), D, z, delta_bias, h0)
+    spec = ScanSpec(rev=reverse, softplus=delta_softplus, want_final=return_final_state, need_ck=need_ck)
+    out, hT = RowsFn.apply(spec, u, delta, A, _grouped(B), _grouped(C), D, z, delta_bias, h0)
     return (out, hT) if return_final_state else out
 
 
@@ -73,10 +73,13 @@ def _pair_grouped(value):
 
 def bidirectional_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                               combine="add"):
-    """Forward and reverse selective scans in one launch (grid axis = direction), combined.
+    """Forward and reverse selective scans fused in one kernel: each program runs both directions of its
+    (channel block, batch row), the second walking the sequence backwards by index (no flips).
 
     Shared arguments are read by both directions through a zero direction stride (no copies); a
-    (forward, reverse) pair is stacked. The reverse direction indexes time backwards (no flips)."""
+    (forward, reverse) pair is stacked. combine="add" sums the directions in the output buffer inside the
+    kernel, and the gradients of shared u, delta, z in theirs (no per-direction buffers or adds);
+    "multiply" and "stack" get both outputs stacked, (2, b, d, l)."""
     if combine not in ("add", "multiply", "stack"):
         raise ValueError(f"bidirectional_scan_triton: combine={combine!r}; expected 'add', 'multiply' or 'stack'")
     u0 = u[0] if isinstance(u, (tuple, list)) else u
@@ -84,10 +87,8 @@ def bidirectional_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None
     args = [_pack("u", u), _pack("delta", delta), _pack("A", A), _pack("B", _pair_grouped(B)),
             _pack("C", _pair_grouped(C)), _pack("D", D), z, _pack("delta_bias", delta_bias)]
     flat = [t for v in (u, delta, A, B, C, D, delta_bias) for t in (v if isinstance(v, (tuple, list)) else (v,))]
-    spec = _ScanSpec(2, 1, softplus=bool(delta_softplus), need_ck=_needs_grad(z, *flat))
-    out, _ = _ScanFn.apply(spec, *args, None)
-    if combine == "add":
-        return out[0] + out[1]
+    spec = ScanSpec(2, 0, softplus=delta_softplus, need_ck=_needs_grad(z, *flat), acc_out=combine == "add")
+    out, _ = RowsFn.apply(spec, *args, None)
     if combine == "multiply":
         return out[0] * out[1]
     return out
@@ -95,9 +96,10 @@ def bidirectional_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None
 
 # ----------------------------------------------------------------------------- cross-scan
 def cross_selective_scan_triton(x, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
-    """VMamba's 4-route scan in one launch (grid axis = route). x is read through each route's pixel order
-    by index arithmetic; delta/B/C are read in route order; the 4 route outputs land on their pixels and
-    are summed."""
+    """VMamba's 4-route scan fused in one kernel: each program runs the 4 routes of its (channel block, batch
+    row) one after the other. x is read through each route's pixel order by index arithmetic (no
+    cross_scan copies); delta/B/C are read in route order; each route adds its output on its pixels in one
+    (b, c, h*w) buffer, and its x gradient likewise (no cross_merge)."""
     check_device("cross_selective_scan_triton", x)
     if x.dim() != 4:
         raise ValueError(f"cross_selective_scan_triton: x has shape {tuple(x.shape)}, expected (b, c, h, w)")
@@ -112,10 +114,10 @@ def cross_selective_scan_triton(x, delta, A, B, C, D=None, delta_bias=None, delt
     if tuple(A.shape) != (4 * c, n):
         raise ValueError(f"cross_selective_scan_triton: A has shape {tuple(A.shape)}, expected {(4 * c, n)}")
     u = x.reshape(b, c, L)
-    spec = _ScanSpec(4, 2, H=h, W=w, softplus=bool(delta_softplus),
-                     need_ck=_needs_grad(x, delta, A, B, C, D, delta_bias))
-    out, _ = _ScanFn.apply(spec, u, delta.permute(1, 0, 2, 3), A.reshape(4, c, n),
-                           B.permute(1, 0, 2, 3).unsqueeze(2), C.permute(1, 0, 2, 3).unsqueeze(2),
-                           None if D is None else D.reshape(4, c), None,
-                           None if delta_bias is None else delta_bias.reshape(4, c), None)
-    return out.sum(0).reshape(b, c, h, w)
+    spec = ScanSpec(4, 1, H=h, W=w, softplus=delta_softplus, need_ck=_needs_grad(x, delta, A, B, C, D, delta_bias),
+                    acc_out=True)
+    out, _ = RowsFn.apply(spec, u, delta.permute(1, 0, 2, 3), A.reshape(4, c, n),
+                          B.permute(1, 0, 2, 3).unsqueeze(2), C.permute(1, 0, 2, 3).unsqueeze(2),
+                          None if D is None else D.reshape(4, c), None,
+                          None if delta_bias is None else delta_bias.reshape(4, c), None)
+    return out.reshape(b, c, h, w)

@@ -22,8 +22,7 @@ from mambaverse.ops import available_backends, causal_conv1d, cross_selective_sc
 from mambaverse.ops.dispatch import select  # noqa: E402
 from mambaverse import kernels  # noqa: E402
 from mambaverse.kernels import (bidirectional_scan_triton, causal_conv1d_triton,  # noqa: E402
-                                cross_selective_scan_triton, selective_scan_triton, set_config,
-                                set_rows_config)
+                                cross_selective_scan_triton, selective_scan_triton, set_rows_config)
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="CPU kernel tests need TRITON_INTERPRET=1 before triton is imported")
@@ -33,13 +32,10 @@ TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
 @pytest.fixture(autouse=True)
 def tiny_blocks():
-    # fwd chunk 8, checkpoint every 16 steps, no sequence-parallel split unless a test asks for it
-    # row-layout plain scan: fwd chunk 8 and checkpoint every 16 steps, two channels per program (so the
-    # channel sums before dB/dC's atomics are exercised)
-    old = set_config(fwd=(4, 8, 4), bwd=(4, 16, 4), seq_target=0)
+    # the row-layout kernels (every scan op): fwd chunk 8 and checkpoint every 16 steps, two channels per
+    # program (so the channel sums before dB/dC's atomics are exercised)
     old_rows = set_rows_config(fwd=(2, 8, 4), bwd=(2, 16, 4))
     yield
-    set_config(**old)
     set_rows_config(**old_rows)
 
 
@@ -175,10 +171,24 @@ def test_scan_many_chunks_one_channel_per_program(reverse):
     check_scan(b=1, d=3, l=150, use_h0=True, final=True, reverse=reverse, seed=13)
 
 
-def test_bidirectional_and_cross_sequence_parallel():
-    set_config(seq_target=64)
-    test_bidirectional("add", True)
-    test_cross_scan((4, 6), torch.float32)
+def test_fused_ops_many_chunks_one_channel_per_program():
+    # the fused kernels at the GPU's channel blocking: each program runs both directions (4 routes) over
+    # 8 forward chunks and 4 checkpoints, the last ones partial (l = 61, 7 x 9 = 63 pixels)
+    set_rows_config(fwd=(1, 8, 4), bwd=(1, 16, 4))
+    ts = _bidir_inputs(torch.float32, seed=40, l=61)
+    for t in ts:
+        t.requires_grad_(True)
+    u, delta, delta2, A, A2, B, B2, C, C2, D, D2, z, db, db2 = ts
+    args = (u, (delta, delta2), A, B, (C, C2), (D, D2), z, db)
+    leaves = [u, delta, delta2, A, B, C, C2, D, D2, z, db]
+    want = bidirectional_scan_reference(*args, delta_softplus=True, combine="add", backend="naive")
+    got = bidirectional_scan_triton(*args, delta_softplus=True, combine="add")
+    assert_close(got, want, 2e-5, "out")
+    seed = torch.randn(want.shape)
+    for nm, gw, gg in zip("u delta delta2 A B C C2 D D2 z db".split(), grads(want, leaves, [seed]),
+                          grads(got, leaves, [seed])):
+        assert_close(gg, gw, 4e-5, f"d{nm}")
+    test_cross_scan((7, 9), torch.float32)
 
 
 @pytest.mark.parametrize("cfg", [((2, 8, 4), (2, 16, 4)), ((1, 32, 1), (1, 64, 1))])
@@ -222,8 +232,8 @@ def test_auto_backend_is_not_triton_on_cpu():
 
 
 # ----------------------------------------------------------------------------- bidirectional
-def _bidir_inputs(dtype, seed):
-    b, d, l, n = 2, 8, 29, 4
+def _bidir_inputs(dtype, seed, l=29):
+    b, d, n = 2, 8, 4
     u, delta, A, B, C, D, z, db, _ = scan_inputs(b, d, l, n, dtype, groups_C=2, seed=seed)
     _, delta2, A2, B2, C2, D2, _, db2, _ = scan_inputs(b, d, l, n, dtype, groups_C=2, seed=seed + 1)
     return u, delta, delta2, A, A2, B, B2, C, C2, D, D2, z, db, db2

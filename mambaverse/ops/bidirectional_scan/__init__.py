@@ -5,8 +5,12 @@ Each of u, delta, A, B, C, D, delta_bias is one tensor shared by both directions
 gates each direction. combine: "add" -> out_f + out_r, "multiply" -> out_f * out_r,
 "stack" -> (2, b, d, l). The reverse direction scans from the last position to the first.
 
-Under ``torch.compile`` the two-pass path is two ``mambaverse::selective_scan`` custom ops, and the fused
-kernel is the custom op ``torch.ops.mambaverse.bidirectional_scan`` (``mambaverse.ops.custom``).
+Backends: ``triton`` is our fused kernel (one program runs both directions of its rows and sums them in
+place: no flips, no per-direction buffers); ``mamba_ssm`` runs both directions on mamba-ssm's kernel, the
+reverse one on flipped copies (it has no reverse mode); ``scan`` is two ``selective_scan`` passes, each
+dispatched by that op's own table.  Under ``torch.compile`` the pass-based paths are ``mambaverse::selective_scan``
+custom ops, and the fused kernel is the custom op ``torch.ops.mambaverse.bidirectional_scan``
+(``mambaverse.ops.custom``).
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import torch
 
 from ...errors import ShapeError
 from ..custom import DifferentiableOp, compiling, resolve_backend
-from ..dispatch import REAL_DTYPES, TABLE, Backend, register_backend, triton_kernel
+from ..dispatch import REAL_DTYPES, TABLE, Backend, cuda_and, module_importable, register_backend, triton_kernel
 from ..selective_scan import check_scan_inputs, selective_scan
 from ..selective_scan.common import compute_dtype
 from .triton import bidirectional_scan_triton
@@ -27,14 +31,35 @@ def _passes(*args, **kwargs):
     return bidirectional_scan_reference(*args, **kwargs, backend="auto")
 
 
-# "scan": two selective_scan calls, each dispatched by selective_scan's own table. The fused kernel is
-# measured about 2x slower than two of our own passes (benchmarks/results/kernels_h200.md), so auto never
-# picks it; backend="triton" asks for it explicitly.
-register_backend(Backend(OP, "scan", _passes, frozenset({"reverse", "grouped"}), available=lambda device: True,
-                         rank={"cuda": 0, "cpu": 0}, note="two selective_scan passes (any of its backends)"))
+def _mamba_ssm_passes(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, combine="add"):
+    """Both directions on mamba-ssm's kernel; the reverse one scans flipped copies and flips its output back."""
+    flip = lambda t: None if t is None else t.flip(-1)  # noqa: E731
+    pairs = [_pair(n, v) for n, v in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D),
+                                      ("delta_bias", delta_bias))]
+    outs = []
+    for direction in (0, 1):
+        uu, dd, AA, BB, CC, DD, bb = (p[direction] for p in pairs)
+        if direction:
+            y = selective_scan(flip(uu), flip(dd), AA, flip(BB), flip(CC), DD, flip(z), bb, delta_softplus,
+                               backend="mamba_ssm").flip(-1)
+        else:
+            y = selective_scan(uu, dd, AA, BB, CC, DD, z, bb, delta_softplus, backend="mamba_ssm")
+        outs.append(y)
+    return combine_directions(outs[0], outs[1], combine)
+
+
+# auto's order on CUDA, by fwd+bwd speed at B=4 D=1536 L=8192 bf16 (benchmarks/kernels.py times all three in
+# one run): mamba-ssm's pair with flips (10.5 ms on an H200) first; our row-layout fused kernel (one program per
+# rows for both directions, about one plain pass's work twice, so expected near 2 x 8.2 ms) ahead of two
+# selective_scan passes (two of our passes: 24.6 ms; with mamba-ssm installed, its forward plus our reverse).
+register_backend(Backend(OP, "mamba_ssm", _mamba_ssm_passes, frozenset({"reverse", "grouped"}), REAL_DTYPES,
+                         cuda_and(module_importable("mamba_ssm.ops.selective_scan_interface")), {"cuda": 0},
+                         "mamba-ssm's kernel for both directions, the reverse one on flipped copies"))
 register_backend(Backend(OP, "triton", bidirectional_scan_triton, frozenset({"reverse", "grouped"}), REAL_DTYPES,
-                         triton_kernel("bidirectional_scan_triton"), {},
-                         "fused: both directions in one launch, no flips; slower than two passes today"))
+                         triton_kernel("bidirectional_scan_triton"), {"cuda": 1},
+                         "ours, fused: each program runs both directions and sums them in place (no flips)"))
+register_backend(Backend(OP, "scan", _passes, frozenset({"reverse", "grouped"}), available=lambda device: True,
+                         rank={"cuda": 2, "cpu": 0}, note="two selective_scan passes (any of its backends)"))
 
 
 def _pair(name, value):
@@ -108,8 +133,10 @@ def bidirectional_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
                        combine="add", backend="auto"):
     """Both directions of a selective scan, combined (Caduceus' BiMamba, Vim); see the module docstring.
 
-    ``backend``: auto (two selective_scan passes, each dispatched by its own capability table), triton (the
-    fused kernel), or any selective_scan backend name (both passes on it).
+    ``backend``: auto (the fastest that serves the call, see the module's table: mamba-ssm's pair with flips,
+    then our fused kernel, then two passes), triton (our fused kernel), mamba_ssm (its kernel for both
+    directions), scan (two selective_scan passes, each dispatched by its own table), or any other
+    selective_scan backend name (both passes on it).
 
     Raises:
         ShapeError: an argument breaks the contract.
@@ -125,10 +152,12 @@ def bidirectional_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     u0, B0 = pairs[0][0], pairs[3][0]
     dtype = compute_dtype(*(t for p in pairs for t in p))
     needs = {"grouped"} if B0.dim() == 4 else set()
-    if backend in ("auto", "triton"):
+    if backend in ("auto", "triton", "mamba_ssm"):
         name = resolve_backend(OP, backend, u0.device, dtype if dtype == torch.float64 else u0.dtype, needs)
         if name == "triton":
             if compiling():  # one opaque node for torch.compile
                 return _fused_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, combine, name)
             return bidirectional_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, combine)
+        if name == "mamba_ssm":  # two selective_scan custom ops (and flips) under torch.compile
+            return _mamba_ssm_passes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, combine)
     return bidirectional_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, combine, "auto" if backend == "scan" else backend)
