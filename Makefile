@@ -3,7 +3,7 @@ VENV      := .venv
 PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
 # Debian packages that carry the real data the demo and tests read (see DATA.md in the project notes)
-DEB_DATA  := ragout-examples smalt-examples bowtie2-examples espeak-ng sox dataset-fashion-mnist mricron-data
+DEB_DATA  := ragout-examples smalt-examples kleborate-examples bowtie2-examples espeak-ng sox dataset-fashion-mnist mricron-data
 
 .PHONY: demo test install data bench-cpu clean
 

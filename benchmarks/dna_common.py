@@ -1,8 +1,8 @@
 """Shared pieces of the DNA benchmarks (``dna_pretrain_context.py``, ``dna_context_sweep.py``).
 
-The FASTA files (Debian packages ``smalt-examples`` and ``ragout-examples``), a flat ``--data-dir`` copy of
-them for machines without those packages (``--stage-data DIR`` makes it), the run's metadata (device,
-versions, date, command), a time planner that measures seconds per optimizer step before it fixes a token
+The FASTA files (Debian packages ``smalt-examples``, ``ragout-examples`` and ``kleborate-examples``), a flat
+``--data-dir`` copy of the ones a script reads for machines without those packages (``--stage-data DIR`` makes
+it), the run's metadata (device, versions, date, command), a time planner that measures seconds per optimizer step before it fixes a token
 budget, and atomic writers for the results (markdown, JSON, PNG).
 """
 from __future__ import annotations
@@ -22,15 +22,21 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 SMALT = Path("/usr/share/doc/smalt/test/data")
-AUREUS_DIR = Path("/usr/share/doc/ragout/examples/S.Aureus/references")
+RAGOUT = Path("/usr/share/doc/ragout/examples")
+AUREUS_DIR = RAGOUT / "S.Aureus/references"
 AUREUS = ("COL", "JKD6008", "N315", "RF122", "USA300_FPR3757")
+KLEBORATE = Path("/usr/share/doc/kleborate/examples/data")
 # file name -> where the Debian package installs it
 DATA = {
     "hs37chrXtrunc.fa.gz": SMALT / "hs37chrXtrunc.fa.gz",  # human chrX, first 70 Mb (hs37)
     "genome_1.fa.gz": SMALT / "genome_1.fa.gz",  # P. falciparum, 14 chromosomes
     "cigar_ref.fa.gz": SMALT / "cigar_ref.fa.gz",  # P. knowlesi, contigs named Pk.<chromosome>.<n>
     **{f"{s}.fasta.gz": AUREUS_DIR / f"{s}.fasta.gz" for s in AUREUS},  # five S. aureus strains
+    "MG1655-K12.fasta.gz": RAGOUT / "E.Coli/references/MG1655-K12.fasta.gz",  # E. coli K-12, 4.6 Mb
+    "O395.fasta.gz": RAGOUT / "V.Cholerae/references/O395.fasta.gz",  # V. cholerae O395, 2 chromosomes, 4.1 Mb
+    "Klebs_HS11286.fna.xz": KLEBORATE / "Klebs_HS11286.fna.xz",  # K. pneumoniae HS11286, 5.3 Mb + 6 plasmids
 }
+PACKAGES = "smalt-examples ragout-examples kleborate-examples"
 
 
 def data_path(name: str, data_dir: str | None) -> str:
@@ -40,23 +46,32 @@ def data_path(name: str, data_dir: str | None) -> str:
     p = Path(data_dir) / name if data_dir else DATA[name]
     if not p.is_file():
         how = (f"copy it there (python {Path(sys.argv[0]).name} --stage-data {data_dir} on a machine with the "
-               f"Debian packages smalt-examples and ragout-examples)" if data_dir
-               else "apt-get install smalt-examples ragout-examples, or pass --data-dir")
+               f"Debian packages {PACKAGES})" if data_dir else f"apt-get install {PACKAGES}, or pass --data-dir")
         raise SystemExit(f"{p}: FASTA file not found; {how}")
     return str(p)
 
 
 def stage_data(dest: str, names) -> None:
-    """Copy the FASTA files ``names`` flat into ``dest`` (what ``--data-dir`` reads)."""
+    """Copy the FASTA files ``names`` flat into ``dest`` (what ``--data-dir`` reads). Copies of the other files
+    of ``DATA`` found there are removed, so that ``dest`` carries only what this one script reads (the device
+    machine's working tree is small); other files there (a checkpoint) are left alone."""
     d = Path(dest)
     d.mkdir(parents=True, exist_ok=True)
+    missing = [str(DATA[n]) for n in names if not DATA[n].is_file()]
+    if missing:
+        raise SystemExit(f"{missing[0]}: FASTA file not found; apt-get install {PACKAGES}")
+    for other in sorted(set(DATA) - set(names)):
+        if (d / other).is_file():
+            (d / other).unlink()
     total = 0
     for name in names:
         src, dst = DATA[name], d / name
         if not dst.exists() or dst.stat().st_size != src.stat().st_size:
             shutil.copyfile(src, dst)
         total += dst.stat().st_size
-    print(f"staged {len(names)} FASTA files ({total / 2**20:.1f} MiB) in {d}: {', '.join(names)}")
+    rest = sum(f.stat().st_size for f in d.iterdir() if f.is_file()) - total
+    print(f"staged {len(names)} FASTA files ({total / 2**20:.1f} MiB) in {d}: {', '.join(names)}"
+          + (f"; other files there: {rest / 2**20:.1f} MiB" if rest else ""))
 
 
 def versions() -> dict:
