@@ -2,8 +2,8 @@
 
 The FASTA files (Debian packages ``smalt-examples``, ``ragout-examples`` and ``kleborate-examples``), a flat
 ``--data-dir`` copy of the ones a script reads for machines without those packages (``--stage-data DIR`` makes
-it), the run's metadata (device, versions, date, command), a time planner that measures seconds per optimizer step before it fixes a token
-budget, and atomic writers for the results (markdown, JSON, PNG).
+it), the run's metadata (device, versions, date, command), a time planner that measures seconds per optimizer
+step before it fixes a token budget, and atomic writers for the results (markdown, JSON, PNG).
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ RAGOUT = Path("/usr/share/doc/ragout/examples")
 AUREUS_DIR = RAGOUT / "S.Aureus/references"
 AUREUS = ("COL", "JKD6008", "N315", "RF122", "USA300_FPR3757")
 KLEBORATE = Path("/usr/share/doc/kleborate/examples/data")
+VCHOLERAE = ("H1", "O1_Inaba", "O1_biovar", "O395")
+KPNEUMONIAE = ("Klebs_HS11286", "Klebs_Kp1084", "MGH78578", "NTUH-K2044")
 # file name -> where the Debian package installs it
 DATA = {
     "hs37chrXtrunc.fa.gz": SMALT / "hs37chrXtrunc.fa.gz",  # human chrX, first 70 Mb (hs37)
@@ -33,8 +35,9 @@ DATA = {
     "cigar_ref.fa.gz": SMALT / "cigar_ref.fa.gz",  # P. knowlesi, contigs named Pk.<chromosome>.<n>
     **{f"{s}.fasta.gz": AUREUS_DIR / f"{s}.fasta.gz" for s in AUREUS},  # five S. aureus strains
     "MG1655-K12.fasta.gz": RAGOUT / "E.Coli/references/MG1655-K12.fasta.gz",  # E. coli K-12, 4.6 Mb
-    "O395.fasta.gz": RAGOUT / "V.Cholerae/references/O395.fasta.gz",  # V. cholerae O395, 2 chromosomes, 4.1 Mb
-    "Klebs_HS11286.fna.xz": KLEBORATE / "Klebs_HS11286.fna.xz",  # K. pneumoniae HS11286, 5.3 Mb + 6 plasmids
+    # four V. cholerae strains (2 chromosomes, about 4.1 Mb each); four K. pneumoniae (5.3-5.5 Mb + plasmids)
+    **{f"{s}.fasta.gz": RAGOUT / f"V.Cholerae/references/{s}.fasta.gz" for s in VCHOLERAE},
+    **{f"{s}.fna.xz": KLEBORATE / f"{s}.fna.xz" for s in KPNEUMONIAE},
 }
 PACKAGES = "smalt-examples ragout-examples kleborate-examples"
 

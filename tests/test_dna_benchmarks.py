@@ -21,10 +21,13 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 LAMBDA = Path("/usr/share/doc/bowtie2/examples/reference/lambda_virus.fa.gz")
 NEEDED = [LAMBDA, Path("/usr/share/doc/smalt/test/data/hs37chrXtrunc.fa.gz"),
           Path("/usr/share/doc/smalt/test/data/genome_1.fa.gz"), Path("/usr/share/doc/smalt/test/data/cigar_ref.fa.gz"),
-          Path("/usr/share/doc/ragout/examples/S.Aureus/references/COL.fasta.gz")]
+          Path("/usr/share/doc/ragout/examples/S.Aureus/references/COL.fasta.gz"),
+          Path("/usr/share/doc/ragout/examples/E.Coli/references/MG1655-K12.fasta.gz"),
+          Path("/usr/share/doc/kleborate/examples/data/Klebs_HS11286.fna.xz")]
 for _p in NEEDED:
     if not _p.exists():
-        pytest.skip(f"real FASTA {_p} not installed (apt-get install ragout-examples smalt-examples bowtie2-examples)",
+        pytest.skip(f"real FASTA {_p} not installed (apt-get install ragout-examples smalt-examples kleborate-examples "
+                    f"bowtie2-examples)",
                     allow_module_level=True)
 
 
@@ -185,14 +188,21 @@ def test_tiny_pretraining_then_sweep_end_to_end(tmp_path, cache):
 
     assert sweep.main(["--tiny", "--pretrained", str(ckpt), "--out", str(out), "--cache-dir", cache,
                        "--work-dir", str(tmp_path / "sweep")]) == 0
-    rows = json.loads((out / "dna_context_sweep_cpu_tiny.json").read_text())["rows"]
+    res = json.loads((out / "dna_context_sweep_cpu_tiny.json").read_text())
+    rows = res["rows"]
     assert {(r["task"], r["init"], r["context"]) for r in rows} == {
-        (t, i, L) for t in ("plasmodium", "strains") for i in ("pretrained", "scratch") for L in (64, 256)}
+        (t, i, L) for t in ("enterobacteria", "plasmodium") for i in ("pretrained", "scratch") for L in (64, 256)}
     for r in rows:
         assert 0.0 <= r["accuracy"] <= 1.0 and r["test_windows"] >= r["classes"] * 4
         assert (r["pretrained_tensors"] > 0) == (r["init"] == "pretrained")
+    # the Markov-classifier anchor: every task, order and length, scored on the runs' own test windows
+    anchor = {(m["task"], m["order"], m["context"]): m for m in res["markov"]}
+    assert set(anchor) == {(t, k, L) for t in ("enterobacteria", "plasmodium") for k in (2, 4) for L in (64, 256)}
+    tw = {(r["task"], r["context"]): r["test_windows"] for r in rows}
+    assert all(m["test_windows"] == tw[(m["task"], m["context"])] for m in anchor.values())
+    assert anchor[("plasmodium", 4, 256)]["accuracy"] > 0.5  # 19% vs 38% GC: composition alone tells them apart
     md = (out / "dna_context_sweep_cpu_tiny.md").read_text()
-    assert "by chromosome" in md and "random blocks" in md
+    assert "by chromosome" in md and "by region" in md and "Markov classifier" in md and "## Task choice" in md
 
     # a time budget too small for any run: every row says so, and the files are still written
     assert pre.main(["--tiny", "--time-budget", "1", "--out", str(tmp_path / "cut"), "--save-ckpt", "",
