@@ -478,7 +478,7 @@ def main(argv=None) -> int:
         markov = [r for task in args.tasks for r in markov_classifier(task, args)]
         meta = {**C.run_meta(args, argv), "test": test_note(args), "total_s": round(time.time() - t0, 1)}
         tag = args.tag or "anchor_cpu"
-        print("wrote " + ", ".join(map(str, write_results([], meta, Path(args.out), tag, markov=markov, choice=False))))
+        print("wrote " + ", ".join(map(str, write_results([], meta, Path(args.out), tag, markov=markov))))
         return 0
     clock = C.Clock(args.time_budget)
     gpu = args.device.startswith("cuda")
