@@ -530,8 +530,11 @@ def worker_env(entry: str) -> tuple[dict, str]:
     env = dict(os.environ)
     if entry == "cpu":
         return env, "cpu"
-    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
     i = int(entry)
+    if visible and i >= len(visible):
+        raise SystemExit(f"--gpus {entry}: this process sees {len(visible)} GPUs (CUDA_VISIBLE_DEVICES="
+                         f"{os.environ['CUDA_VISIBLE_DEVICES']}); expected an index below {len(visible)}")
     env["CUDA_VISIBLE_DEVICES"] = visible[i] if visible else str(i)
     return env, "cuda"
 

@@ -163,6 +163,17 @@ def test_runs_are_shared_by_cost_and_the_plan_fits_every_worker():
         pre.parse_gpus("0,x")
 
 
+def test_worker_sees_only_its_gpu(monkeypatch):
+    """A --gpus index counts the GPUs this process sees: under CUDA_VISIBLE_DEVICES=4,5, worker 1 gets GPU 5."""
+    pre = _load("dna_pretrain_context")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    assert [(e["CUDA_VISIBLE_DEVICES"], d) for e, d in map(pre.worker_env, ["0", "1"])] == [("4", "cuda"), ("5", "cuda")]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    env, dev = pre.worker_env("1")
+    assert env["CUDA_VISIBLE_DEVICES"] == "1" and dev == "cuda"
+    assert pre.worker_env("cpu")[1] == "cpu"
+
+
 def test_tiny_pretraining_then_sweep_end_to_end(tmp_path, cache):
     """Both scripts with --tiny on real chrX, Plasmodium and S. aureus FASTA: pretraining through two worker
     processes (--gpus cpu,cpu: the multi-GPU path on CPU) merged into one results file, the same held-out
