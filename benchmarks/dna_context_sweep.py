@@ -437,7 +437,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lr-warmup-steps", type=int, default=None, help="default: 10%% of the steps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--time-budget", type=float, default=None, help="seconds for the whole script")
-    ap.add_argument("--safety", type=float, default=0.85)
+    ap.add_argument("--safety", type=float, default=0.9, help="fraction of the time left that the plan fills")
     ap.add_argument("--run-overhead", type=float, default=None, help="planned seconds per run besides training steps "
                     "(default 3 on GPU and CPU)")
     ap.add_argument("--device", default="cpu")
