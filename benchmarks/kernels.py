@@ -1,6 +1,15 @@
 """Triton kernels vs mamba-ssm on the GPU: parity first (full size, incl. L=2^20), then bf16 timings.
 
     python benchmarks/kernels.py --out benchmarks/results/kernels_h100.md
+    python benchmarks/kernels.py --fused --out benchmarks/results/kernels_fused_h200.md   # fused ops only
+    python benchmarks/kernels.py --fused --smoke     # CPU, Triton interpreter, tiny shapes: tests the script
+
+``--fused``: the fused bidirectional scan and cross-scan (the row-layout kernel running 2 / 4 directions per
+program) and the plain scan's reverse pass: parity at reduced size against the naive oracle (every combine,
+shared and per-direction parameters, grouped C, fp32 and bf16) and at full size against mamba-ssm (pair +
+flips; cross_scan + mamba-ssm + cross_merge) and against our unfused paths; then fwd and fwd+bwd timings of
+the fused kernels against two of our passes and mamba-ssm's pair at the issue's three shapes, a config
+sweep of the fused kernel, the cross-scan against its unfused paths, and the swept winner's parity again.
 
 Parity: our selective scan against mamba-ssm's selective_scan_fn at every timed shape (values, final state,
 gradients), and against the naive fp32 oracle at reduced size for what mamba-ssm lacks (initial_state,
@@ -11,10 +20,15 @@ input read once, every output written once) over the measured device copy bandwi
 """
 from __future__ import annotations
 
-import argparse
-import datetime
 import os
 import sys
+
+if "--smoke" in sys.argv:  # before triton is imported: the interpreter and tiny CPU shapes
+    os.environ["BENCH_DRY"] = "1"
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import argparse
+import datetime
 import time
 
 import torch
@@ -40,11 +54,12 @@ except ImportError:
     mambaverse.kernels = _mod
 
 from mambaverse.kernels import (bidirectional_scan_triton, causal_conv1d_triton,  # noqa: E402
-                                cross_selective_scan_triton, selective_scan_triton, set_config,
-                                set_rows_config)
+                                cross_selective_scan_triton, selective_scan_triton, set_rows_config)
 from mambaverse.ops.causal_conv1d import causal_conv1d_torch  # noqa: E402
+from mambaverse.ops.bidirectional_scan import bidirectional_scan_reference  # noqa: E402
 from mambaverse.ops.cross_scan import cross_selective_scan_reference  # noqa: E402
-from mambaverse.ops import selective_scan_naive  # noqa: E402
+from mambaverse.ops import bidirectional_scan, selective_scan_naive  # noqa: E402
+from mambaverse.ops.dispatch import backends_for  # noqa: E402
 
 try:
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
@@ -416,6 +431,277 @@ def diagnose():
     del ts
 
 
+# ----------------------------------------------------------------------------- --fused: bidirectional, cross
+FUSED_SHAPES = [(1, 2, 37)] if DRY else [(4, 1536, 8192), (1, 512, 1 << 20), (16, 2048, 2048)]
+# VMamba-like cross-scan calls: stage 1 (d_inner 192 at 56x56) and stage 3 (d_inner 768 at 14x14), batch 32
+CROSS_SHAPES = [(1, 2, 3, 5)] if DRY else [(32, 192, 56, 56), (32, 768, 14, 14)]
+FUSED_OPT = (1, 2, 13, 2) if DRY else (2, 64, 300, 16)
+# (BLOCK_D, BLOCK_L, num_warps) of the row kernels when they run 2 or 4 directions per program
+FUSED_FWD_CFGS = [(1, 16, 4)] if DRY else [(1, 1024, 4), (1, 512, 2), (1, 2048, 8), (1, 512, 4)]
+FUSED_BWD_CFGS = [(1, 16, 4)] if DRY else [(1, 1024, 4), (1, 512, 4), (1, 1024, 8), (1, 512, 2)]
+DEFAULT_CFG = ((1, 16, 4), (1, 16, 4)) if DRY else ((1, 1024, 4), (1, 1024, 4))
+
+
+def _flip(t):
+    return None if t is None else t.flip(-1)
+
+
+def bidir_paths(ts):
+    """The bidirectional op (combine='add') three ways: fused, two of our passes, mamba-ssm's pair + flips."""
+    u, delta, A, B, C, D, z, db = ts
+
+    def fused():
+        return bidirectional_scan_triton(u, delta, A, B, C, D, z, db, True, "add")
+
+    def two_ours():  # our plain row kernel twice, the second reversed by index (no flips), then an add
+        return (selective_scan_triton(u, delta, A, B, C, D, z, db, True)
+                + selective_scan_triton(u, delta, A, B, C, D, z, db, True, reverse=True))
+
+    def pair():
+        f = selective_scan_fn(u, delta, A, B, C, D, z, db, True)
+        r = selective_scan_fn(_flip(u), _flip(delta), A, _flip(B), _flip(C), D, _flip(z), db, True)
+        return f + r.flip(-1)
+
+    return fused, two_ours, (pair if selective_scan_fn is not None else None)
+
+
+def _errs(fn, ref_fn, leaves, seed):
+    got = fn()
+    gg = torch.autograd.grad((got.float() * seed).sum(), leaves)
+    want = ref_fn()
+    gw = torch.autograd.grad((want.float() * seed).sum(), leaves)
+    return [rel(got, want)] + [rel(a, b) for a, b in zip(gg, gw)]
+
+
+def parity_fused_options():
+    """Reduced size, on the device, against the naive fp32 oracle: every combine, shared and per-direction
+    parameters (grouped C on one side), fp32 and bf16; and the cross-scan (odd image) against naive."""
+    b, d, l, n = FUSED_OPT
+    log("| fused op vs naive (b=%d d=%d l=%d n=%d, D z delta_bias softplus) | max rel err (out, all grads) |" % (b, d, l, n))
+    log("|---|---|")
+    for dtype in (torch.float32, torch.bfloat16):
+        for combine in ("add", "multiply", "stack"):
+            for per_dir in (False, True):
+                g = torch.Generator(device=DEV).manual_seed(11)
+                r = lambda *s: torch.randn(*s, device=DEV, generator=g)  # noqa: E731
+                u, z = r(b, d, l).to(dtype), r(b, d, l).to(dtype)
+                dl1, dl2 = (0.5 * r(b, d, l)).to(dtype), (0.5 * r(b, d, l)).to(dtype)
+                A1, A2 = -(torch.rand(d, n, device=DEV, generator=g) + 0.3), -(torch.rand(d, n, device=DEV, generator=g) + 0.3)
+                B1, B2 = r(b, n, l).to(dtype), r(b, n, l).to(dtype)
+                C1, C2 = r(b, 2, n, l).to(dtype), r(b, 2, n, l).to(dtype)
+                D1, D2, db1, db2 = r(d), r(d), 0.3 * r(d), 0.3 * r(d)
+                if per_dir:
+                    leaves = [u, dl1, dl2, A1, A2, B1, B2, C1, C2, D1, D2, z, db1, db2]
+                    args = (u, (dl1, dl2), (A1, A2), (B1, B2), (C1, C2), (D1, D2), z, (db1, db2))
+                else:
+                    leaves = [u, dl1, A1, B1, C1, D1, z, db1]
+                    args = (u, dl1, A1, B1, C1, D1, z, db1)
+                for t in leaves:
+                    t.requires_grad_(True)
+                seed = torch.randn((2, b, d, l) if combine == "stack" else (b, d, l), device=DEV)
+                errs = _errs(lambda: bidirectional_scan_triton(*args, True, combine),
+                             lambda: bidirectional_scan_reference(*args, delta_softplus=True, combine=combine,
+                                                                  backend="naive"), leaves, seed)
+                tol = 1e-4 if dtype == torch.float32 else 3e-2
+                name = f"bidirectional {str(dtype)[6:]} combine={combine} per-direction={per_dir}"
+                log(f"| {name} | {check(name, max(errs), tol)} |")
+    for dtype in (torch.float32, torch.bfloat16):
+        leaves = cross_inputs(1, 2, 3, 5, 2, dtype) if DRY else cross_inputs(2, 4, 5, 7, 4, dtype)
+        seed = torch.randn(leaves[0].shape, device=DEV)
+        errs = _errs(lambda: cross_selective_scan_triton(*leaves, True),
+                     lambda: cross_selective_scan_reference(*leaves, True, backend="naive"), leaves, seed)
+        name = f"cross-scan {str(dtype)[6:]} x {tuple(leaves[0].shape)}"
+        log(f"| {name} | {check(name, max(errs), 1e-4 if dtype == torch.float32 else 3e-2)} |")
+
+
+def cross_inputs(bb, c, h, w, n, dtype=torch.bfloat16, seed=3):
+    L = h * w
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    x = torch.randn(bb, c, h, w, device=DEV, generator=g).to(dtype)
+    dl = (0.5 * torch.randn(bb, 4, c, L, device=DEV, generator=g) - 1).to(dtype)
+    A = -torch.exp(torch.rand(4 * c, n, device=DEV, generator=g))
+    Bx = torch.randn(bb, 4, n, L, device=DEV, generator=g).to(dtype)
+    Cx = torch.randn(bb, 4, n, L, device=DEV, generator=g).to(dtype)
+    Dx = torch.randn(4 * c, device=DEV, generator=g)
+    dbx = torch.randn(4 * c, device=DEV, generator=g)
+    leaves = [x, dl, A, Bx, Cx, Dx, dbx]
+    for t in leaves:
+        t.requires_grad_(True)
+    return leaves
+
+
+def parity_fused_full(note="", shapes=None, cross=True):
+    """Full size, bf16: the fused bidirectional scan against mamba-ssm's pair with flips and against two of
+    our passes; our plain reverse pass against mamba-ssm on flipped inputs; the fused cross-scan against
+    cross_scan + mamba-ssm (and + our plain kernel) + cross_merge."""
+    log("| full size, bf16%s | vs | out | " % note + " | ".join("d" + nm for nm in NAMES) + " |")
+    log("|---|---" + "|---" * (1 + len(NAMES)) + "|")
+    for b, d, l in shapes or FUSED_SHAPES:
+        ts = make(b, d, l)
+        seed = torch.randn(b, d, l, device=DEV)
+        fused, two_ours, pair = bidir_paths(ts)
+        refs = [("two of our passes", two_ours)] + ([("mamba-ssm pair + flips", pair)] if pair else [])
+        for what, ref in refs:
+            e = _errs(fused, ref, ts, seed)
+            name = f"bidir B={b} D={d} L={l} vs {what}"
+            log(f"| fused bidirectional B={b} D={d} L={l} | {what} | " + " | ".join(
+                check(f"{name} {k}", v, 2e-2 if k == 'out' else 5e-2) for k, v in zip(["out"] + NAMES, e)) + " |")
+        if pair and (b, d, l) == FUSED_SHAPES[0]:
+            u, delta, A, B, C, D, z, db = ts
+            e = _errs(lambda: ours(ts, reverse=True),
+                      lambda: selective_scan_fn(_flip(u), _flip(delta), A, _flip(B), _flip(C), D, _flip(z), db,
+                                                True).flip(-1), ts, seed)
+            name = f"reverse pass B={b} D={d} L={l}"
+            log(f"| our plain reverse pass B={b} D={d} L={l} | mamba-ssm on flipped inputs | " + " | ".join(
+                check(f"{name} {k}", v, 2e-2 if k == 'out' else 5e-2) for k, v in zip(["out"] + NAMES, e)) + " |")
+        del ts
+        torch.cuda.empty_cache()
+    for bb, c, h, w in CROSS_SHAPES if cross else ():
+        leaves = cross_inputs(bb, c, h, w, 16)
+        seed = torch.randn(bb, c, h, w, device=DEV)
+        backends = ["triton"] + (["mamba_ssm"] if selective_scan_fn is not None else [])
+        for backend in backends:
+            e = _errs(lambda: cross_selective_scan_triton(*leaves, True),
+                      lambda: cross_selective_scan_reference(*leaves, True, backend=backend), leaves, seed)
+            name = f"cross B={bb} C={c} {h}x{w} vs {backend}"
+            log(f"| fused cross-scan B={bb} C={c} {h}x{w} | cross_scan + {backend} + cross_merge | " + " | ".join(
+                check(f"{name} {k}", v, 2e-2 if k == 'out' else 5e-2)
+                for k, v in zip("out x delta A B C D delta_bias".split(), e)) + " |")
+        del leaves
+        torch.cuda.empty_cache()
+
+
+def _bench_pair(fwd, ts, seed, cfg, rep):
+    """(fwd ms, fwd+bwd ms) of fn() under row-kernel config cfg ((fwd), (bwd))."""
+    set_rows_config(fwd=cfg[0], bwd=cfg[1])
+    with torch.no_grad():
+        tf = bench(fwd, rep=rep)
+    tfb = bench(lambda: fwd().backward(seed), grad_to_none=ts, rep=rep)
+    return tf, tfb
+
+
+def sweep_fused(shape):
+    """The fused bidirectional kernel's (BLOCK_D, BLOCK_L, warps): forward alone, then fwd+bwd with the best
+    forward. Returns ((fwd cfg), (bwd cfg))."""
+    b, d, l = shape
+    ts = make(b, d, l)
+    seed = torch.randn(b, d, l, device=DEV, dtype=torch.bfloat16)
+    fused = bidir_paths(ts)[0]
+    res_f, res_b = {}, {}
+    for cfg in FUSED_FWD_CFGS:
+        set_rows_config(fwd=cfg, bwd=cfg)
+        try:
+            with torch.no_grad():
+                res_f[cfg] = bench(fused, rep=60)
+        except Exception as exc:  # noqa: BLE001  (a config can run out of registers/shared memory)
+            res_f[cfg] = float("inf")
+            print("fused fwd config failed", cfg, type(exc).__name__, str(exc)[:200])
+    best_f = min(res_f, key=res_f.get)
+    for cfg in FUSED_BWD_CFGS:
+        set_rows_config(fwd=best_f, bwd=cfg)
+        try:
+            res_b[cfg] = bench(lambda: fused().backward(seed), grad_to_none=ts, rep=60)
+        except Exception as exc:  # noqa: BLE001
+            res_b[cfg] = float("inf")
+            print("fused bwd config failed", cfg, type(exc).__name__, str(exc)[:200])
+    best_b = min(res_b, key=res_b.get)
+    log(f"  fused sweep B={b} D={d} L={l} fwd {dict((k, round(v, 3)) for k, v in res_f.items())}")
+    log(f"  fused sweep B={b} D={d} L={l} fwd+bwd (fwd {best_f}) {dict((k, round(v, 3)) for k, v in res_b.items())}")
+    del ts
+    torch.cuda.empty_cache()
+    return best_f, best_b
+
+
+def time_fused(shape, bw, cfg):
+    """One row pair of the bidirectional table: fused (config cfg) vs two of our passes and mamba-ssm's pair,
+    plus one plain forward and one plain reverse pass of ours (default config) for scale."""
+    b, d, l = shape
+    ts = make(b, d, l)
+    seed = torch.randn(b, d, l, device=DEV, dtype=torch.bfloat16)
+    fused, two_ours, pair = bidir_paths(ts)
+    rep = 1000 if l >= (1 << 20) else 200  # a few samples even at ~0.2 s per call
+    tf = _bench_pair(fused, ts, seed, cfg, rep)
+    t2 = _bench_pair(two_ours, ts, seed, DEFAULT_CFG, rep)
+    t1 = _bench_pair(lambda: ours(ts), ts, seed, DEFAULT_CFG, rep)
+    tr = _bench_pair(lambda: ours(ts, reverse=True), ts, seed, DEFAULT_CFG, rep)
+    tp = _bench_pair(pair, ts, seed, DEFAULT_CFG, rep) if pair else (float("nan"), float("nan"))
+    fb, fbb = floor_bytes(b, d, l)
+    for i, name in enumerate(("fwd", "fwd+bwd")):
+        floor = (fb if i == 0 else fbb + 2 * b * d * l * 2) / bw * 1e3
+        log(f"| B={b} D={d} L={l} | {name} | {tf[i]:.3f} | {t2[i]:.3f} | {tp[i]:.3f} | {tf[i] / t2[i]:.2f} | "
+            f"{tf[i] / tp[i]:.2f} | {t1[i]:.3f} | {tr[i]:.3f} | {floor:.3f} | {cfg[i]} |")
+    del ts
+    torch.cuda.empty_cache()
+    return tf, t2, tp
+
+
+def time_cross(shape, cfg):
+    bb, c, h, w = shape
+    leaves = cross_inputs(bb, c, h, w, 16)
+    seed = torch.randn(bb, c, h, w, device=DEV, dtype=torch.bfloat16)
+    paths = [("fused", lambda: cross_selective_scan_triton(*leaves, True), cfg),
+             ("unfused, our kernel", lambda: cross_selective_scan_reference(*leaves, True, backend="triton"), DEFAULT_CFG)]
+    if selective_scan_fn is not None:
+        paths.append(("unfused, mamba-ssm", lambda: cross_selective_scan_reference(*leaves, True, backend="mamba_ssm"),
+                      DEFAULT_CFG))
+    if DRY:
+        paths[1] = ("unfused, naive", lambda: cross_selective_scan_reference(*leaves, True, backend="naive"), DEFAULT_CFG)
+    res = [(name, _bench_pair(fn, leaves, seed, cf, 200)) for name, fn, cf in paths]
+    t0 = res[0][1]
+    log(f"| B={bb} C={c} {h}x{w} | " + " | ".join(f"{name}: {t[0]:.3f} / {t[1]:.3f}" for name, t in res)
+        + " | " + " | ".join(f"{t0[0] / t[0]:.2f} / {t0[1] / t[1]:.2f}" for _, t in res[1:]) + " |")
+    del leaves
+    torch.cuda.empty_cache()
+
+
+def run_fused(bw, t0, skip_parity):
+    log(f"- auto's order on this device: bidirectional_scan {backends_for('bidirectional_scan', DEV)}, "
+        f"cross_selective_scan {backends_for('cross_selective_scan', DEV)}")
+    if not skip_parity:
+        log("")
+        log("## Parity first (relative error norms ||ours - ref|| / ||ref||)")
+        log("")
+        parity_fused_options()
+        log("")
+        parity_fused_full()
+        log("")
+        log(f"parity failures: {FAILS if FAILS else 'none'}  ({time.time() - t0:.0f} s)")
+    log("")
+    log("## Timings (ms, median of CUDA-event timings; bf16; z, D, delta_bias, softplus; combine='add')")
+    log("")
+    cfg = sweep_fused(FUSED_SHAPES[0])
+    print(f"[{time.time() - t0:.0f} s]", flush=True)
+    log("")
+    log("| bidirectional | pass | fused (ours) | two of our passes | mamba-ssm pair + flips | fused / two ours | "
+        "fused / mamba-ssm pair | our plain pass | our plain reverse pass | HBM floor | fused config |")
+    log("|---|---|---|---|---|---|---|---|---|---|---|")
+    verdict = []
+    for shape in FUSED_SHAPES:
+        tf, t2, tp = time_fused(shape, bw, cfg)
+        order = sorted([("triton (fused)", tf[1]), ("scan (two of ours)", t2[1]), ("mamba_ssm (pair)", tp[1])],
+                       key=lambda kv: kv[1] if kv[1] == kv[1] else float("inf"))
+        verdict.append(f"B={shape[0]} D={shape[1]} L={shape[2]}: " + " < ".join(f"{k} {v:.2f}" for k, v in order))
+        print(f"[{time.time() - t0:.0f} s]", flush=True)
+    log("")
+    log("fastest fwd+bwd first (auto's order should match): " + "; ".join(verdict))
+    log("")
+    log("| cross-scan, 4 routes | fwd / fwd+bwd ms, each path | fused / unfused (fwd / fwd+bwd) |")
+    log("|---|---|---|")
+    for shape in CROSS_SHAPES:
+        time_cross(shape, cfg)
+        print(f"[{time.time() - t0:.0f} s]", flush=True)
+    if not skip_parity and cfg != DEFAULT_CFG:
+        log("")
+        log("## Parity of the swept fused config at full size (the first parity table ran the default config)")
+        log("")
+        set_rows_config(fwd=cfg[0], bwd=cfg[1])
+        parity_fused_full(note=f", fused config {cfg}", shapes=FUSED_SHAPES[:1], cross=False)
+    set_rows_config(fwd=DEFAULT_CFG[0], bwd=DEFAULT_CFG[1])
+    log("")
+    log(f"parity failures (all): {FAILS if FAILS else 'none'}")
+    log(f"(total {time.time() - t0:.0f} s)")
+
+
 def copy_bandwidth():
     x = torch.empty(1 << 30, dtype=torch.uint8, device=DEV)
     y = torch.empty_like(x)
@@ -429,6 +715,8 @@ def main():
     ap.add_argument("--out", default="benchmarks/results/kernels_h100.md")
     ap.add_argument("--skip-parity", action="store_true")
     ap.add_argument("--diag", action="store_true", help="only the backward diagnosis table")
+    ap.add_argument("--fused", action="store_true", help="only the fused bidirectional / cross-scan section")
+    ap.add_argument("--smoke", action="store_true", help="CPU, Triton interpreter, tiny shapes (tests the script)")
     args = ap.parse_args()
     global OUT_PATH
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -449,6 +737,9 @@ def main():
     log("- bf16 inputs, fp32 state; B, C shared (b, n, l); z and delta_bias given; softplus; N=16")
     if args.diag:
         diagnose()
+        return
+    if args.fused:
+        run_fused(bw, t0, args.skip_parity)
         return
     shapes = [(4, 1536, 8192), (1, 512, 1 << 20), (16, 2048, 2048)]
     if DRY:
@@ -482,7 +773,7 @@ def main():
         cfgs[s] = time_shape(s, bw)
         print(f"[{time.time() - t0:.0f} s]", flush=True)
     log("")
-    log("| bidirectional | pass | fused ours (old tile kernel) | two of our passes | anchor pair (+flips) | fused/anchor | two passes/anchor | HBM floor |")
+    log("| bidirectional | pass | fused ours (row kernel) | two of our passes | anchor pair (+flips) | fused/anchor | two passes/anchor | HBM floor |")
     log("|---|---|---|---|---|---|---|---|")
     time_bidir(bw, cfgs[shapes[0]])
     log("")
