@@ -447,6 +447,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=None, help="folder holding the FASTA files (--stage-data makes it)")
     ap.add_argument("--stage-data", default=None, metavar="DIR", help="copy the FASTA files of --tasks (only those) "
                     "into DIR and exit")
+    ap.add_argument("--stage-xz", action="store_true", help="with --stage-data: recompress .gz files with xz -9 (chrX "
+                    "18.9 -> 15.0 MiB, about 3 CPU minutes once), for a small device working tree")
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--work-dir", default="runs/dna_context_sweep")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
@@ -457,7 +459,7 @@ def main(argv=None) -> int:
     args, given = C.parse_args(ap, argv)
     if args.stage_data:
         C.stage_data(args.stage_data, list(dict.fromkeys(f for t in args.tasks for fs in TASKS[t]["files"].values()
-                                                         for f in fs)))
+                                                         for f in fs)), xz=args.stage_xz)
         return 0
     if args.from_json:
         res = json.loads(Path(args.from_json).read_text())

@@ -716,6 +716,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=None, help=f"folder holding {CHRX} (default: the smalt-examples path)")
     ap.add_argument("--stage-data", default=None, metavar="DIR", help=f"copy the one FASTA file this script reads "
                     f"({CHRX}) into DIR and exit")
+    ap.add_argument("--stage-xz", action="store_true", help="with --stage-data: recompress .gz files with xz -9 (chrX "
+                    "18.9 -> 15.0 MiB, about 3 CPU minutes once), for a small device working tree")
     ap.add_argument("--cache-dir", default=None, help="decompressed FASTA cache (default ~/.cache/mambaverse/fasta)")
     ap.add_argument("--save-ckpt", default="runs/dna_pretrain_context/chrX_pretrained.ckpt")
     ap.add_argument("--work-dir", default="runs/dna_pretrain_context")
@@ -726,7 +728,7 @@ def main(argv=None) -> int:
     argv_list = list(sys.argv[1:] if argv is None else argv)
     args, given = C.parse_args(ap, argv_list)
     if args.stage_data:
-        C.stage_data(args.stage_data, [CHRX])
+        C.stage_data(args.stage_data, [CHRX], xz=args.stage_xz)
         return 0
     if args.from_json:
         res = json.loads(Path(args.from_json).read_text())

@@ -221,3 +221,27 @@ def test_tiny_pretraining_then_sweep_end_to_end(tmp_path, cache):
     cut = json.loads((tmp_path / "cut" / "dna_pretrain_context_cut.json").read_text())["rows"]
     assert len(cut) == 4 and all(r["val_bpb"] is None and r["status"].startswith("not run") for r in cut)
     assert all((tmp_path / "cut" / f"dna_pretrain_context_cut.{e}").exists() for e in ("md", "png"))
+
+
+def test_stage_data_copies_only_what_a_script_reads_and_xz_copies_read_the_same(tmp_path, cache, monkeypatch):
+    """--stage-data: the named files only (stale copies of the others removed, other files kept); --stage-xz: a
+    gzip file recompressed to .xz, found by data_path under its .gz name, and read back base for base."""
+    common = _load("dna_common")
+    other = tmp_path / "other.fa.gz"
+    shutil.copyfile(LAMBDA, other)
+    monkeypatch.setattr(common, "DATA", {"lambda_virus.fa.gz": LAMBDA, "other.fa.gz": other})
+    dest = tmp_path / "staged"
+    common.stage_data(str(dest), ["lambda_virus.fa.gz", "other.fa.gz"])
+    (dest / "model.ckpt").write_bytes(b"x")
+    common.stage_data(str(dest), ["lambda_virus.fa.gz"], xz=True)
+    assert sorted(p.name for p in dest.iterdir() if not p.name.startswith(".")) == ["lambda_virus.fa.xz", "model.ckpt"]
+    path = common.data_path("lambda_virus.fa.gz", str(dest))
+    assert path.endswith(".fa.xz")
+    dm = FastaDataModule({"lambda": [path]}, window=500, val_windows=0, test_windows=0, cache_dir=cache)
+    dm.setup("fit")
+    (rec, n), = dm.sources[0].records
+    assert n == 48502 and dm.sources[0].fetch(rec, 0, n) == _lambda_seq().upper()
+    common.stage_data(str(dest), ["lambda_virus.fa.gz"])  # back to the plain copy: the .xz one goes
+    assert not (dest / "lambda_virus.fa.xz").exists() and (dest / "lambda_virus.fa.gz").is_file()
+    with pytest.raises(SystemExit, match="not found"):
+        common.data_path("other.fa.gz", str(dest))
