@@ -69,16 +69,16 @@ def _add2(a1, b1, a2, b2):
     return a1 + a2, b1 + b2
 
 
-@triton.jit
-def _flip(r: tl.constexpr, MODE: tl.constexpr, REV: tl.constexpr):
+@triton.constexpr_function  # a compile-time bool: Triton 3.6 takes only those as scan's ``reverse``
+def _flip(r, MODE, REV):
     """Does direction r walk its memory-aligned chunks backwards (a compile-time bool)? The plain scan when
     REV, the bidirectional scan's direction 1 (against REV); cross-scan routes read their parameters in
     their own order and never do."""
     return (MODE == 0) & (REV != (r == 1))
 
 
-@triton.jit
-def _adjoint_reverse(r: tl.constexpr, MODE: tl.constexpr, REV: tl.constexpr):
+@triton.constexpr_function  # a compile-time bool: Triton 3.6 takes only those as scan's ``reverse``
+def _adjoint_reverse(r, MODE, REV):
     """The backward's adjoint scan runs against the direction's scan: ``not _flip(r, MODE, REV)``."""
     return (MODE != 0) | (REV == (r == 1))
 
