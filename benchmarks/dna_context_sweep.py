@@ -39,9 +39,12 @@ window of each length tells apart by composition alone.
 Results: ``<out>/dna_context_sweep_<tag>.{md,json,png}``, rewritten after every run.
 
 CPU check (CI): ``python benchmarks/dna_context_sweep.py --tiny --pretrained runs/dna_pretrain_context/chrX_pretrained.ckpt``
-GPU (after ``dna_pretrain_context.py`` wrote the checkpoint; data staged with ``--stage-data .cache/dna``):
-    python benchmarks/dna_context_sweep.py --device cuda --data-dir .cache/dna --time-budget 470 \\
-        --pretrained .cache/dna/chrX_pretrained.ckpt --out "$OUT" --tag h200
+GPU (one H200), after ``dna_pretrain_context.py`` wrote the checkpoint: stage this script's files (only those of
+``--tasks``) and the checkpoint into the ignored folder the device call carries, then run:
+    python benchmarks/dna_context_sweep.py --stage-data .cache/dna --stage-xz
+    cp <pretraining results>/chrX_pretrained.ckpt .cache/dna/
+    CUDA_VISIBLE_DEVICES=0 python3 benchmarks/dna_context_sweep.py --device cuda --data-dir .cache/dna \\
+        --time-budget 470 --pretrained .cache/dna/chrX_pretrained.ckpt --out "$OUT" --tag h200
 """
 from __future__ import annotations
 

@@ -39,10 +39,15 @@ Results go to ``<out>/dna_pretrain_context_<tag>.{md,json,png}`` after every run
 partial table); the ``--handoff-length`` model of the first seed is written to ``--save-ckpt`` (state_dict and
 hyperparameters, readable by ``pretrained_ckpt`` of the DNA tasks) for ``dna_context_sweep.py``.
 
-CPU check (CI runs it): ``python benchmarks/dna_pretrain_context.py --tiny``
-GPU (two H200; chrX staged into an ignored folder first: ``--stage-data .cache/dna``):
-    python benchmarks/dna_pretrain_context.py --device cuda --gpus 0,1 --data-dir .cache/dna --time-budget 480 \\
+The peak learning rate, 8e-3, is at the flat optimum of a 120-step check on CPU with a smaller stand-in model
+(``results/dna_pretrain_lr_check_cpu.md``).
+
+CPU check (CI runs it): ``python benchmarks/dna_pretrain_context.py --tiny`` (``--gpus cpu,cpu``: the worker path)
+GPU (two H200). Stage chrX into the ignored folder the device call carries (xz: 15.0 MiB instead of 18.9), then:
+    python benchmarks/dna_pretrain_context.py --stage-data .cache/dna --stage-xz
+    python3 benchmarks/dna_pretrain_context.py --device cuda --gpus 0,1 --data-dir .cache/dna --time-budget 470 \\
         --save-ckpt "$OUT/chrX_pretrained.ckpt" --out "$OUT" --tag h200
+(about 470 s in all; the checkpoint comes back with the results, for ``dna_context_sweep.py --pretrained``).
 """
 from __future__ import annotations
 
