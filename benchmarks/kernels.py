@@ -437,8 +437,8 @@ FUSED_SHAPES = [(1, 2, 37)] if DRY else [(4, 1536, 8192), (1, 512, 1 << 20), (16
 CROSS_SHAPES = [(1, 2, 3, 5)] if DRY else [(32, 192, 56, 56), (32, 768, 14, 14)]
 FUSED_OPT = (1, 2, 13, 2) if DRY else (2, 64, 300, 16)
 # (BLOCK_D, BLOCK_L, num_warps) of the row kernels when they run 2 or 4 directions per program
-FUSED_FWD_CFGS = [(1, 16, 4)] if DRY else [(1, 1024, 4), (1, 512, 2), (1, 2048, 8), (1, 512, 4)]
-FUSED_BWD_CFGS = [(1, 16, 4)] if DRY else [(1, 1024, 4), (1, 512, 4), (1, 1024, 8), (1, 512, 2)]
+FUSED_FWD_CFGS = [(1, 8, 4)] if DRY else [(1, 1024, 4), (1, 512, 2), (1, 2048, 8)]
+FUSED_BWD_CFGS = [(1, 8, 4)] if DRY else [(1, 1024, 4), (1, 512, 4), (1, 1024, 8)]
 DEFAULT_CFG = ((1, 16, 4), (1, 16, 4)) if DRY else ((1, 1024, 4), (1, 1024, 4))
 
 
@@ -654,7 +654,9 @@ def time_cross(shape, cfg):
     torch.cuda.empty_cache()
 
 
-def run_fused(bw, t0, skip_parity):
+def run_fused(bw, t0, skip_parity, budget):
+    """The --fused section; the config sweep (and its parity) run only while the elapsed time is under
+    ``budget`` seconds, after every mandatory row is in the table."""
     log(f"- auto's order on this device: bidirectional_scan {backends_for('bidirectional_scan', DEV)}, "
         f"cross_selective_scan {backends_for('cross_selective_scan', DEV)}")
     if not skip_parity:
@@ -669,15 +671,13 @@ def run_fused(bw, t0, skip_parity):
     log("")
     log("## Timings (ms, median of CUDA-event timings; bf16; z, D, delta_bias, softplus; combine='add')")
     log("")
-    cfg = sweep_fused(FUSED_SHAPES[0])
-    print(f"[{time.time() - t0:.0f} s]", flush=True)
-    log("")
-    log("| bidirectional | pass | fused (ours) | two of our passes | mamba-ssm pair + flips | fused / two ours | "
-        "fused / mamba-ssm pair | our plain pass | our plain reverse pass | HBM floor | fused config |")
+    header = ("| bidirectional | pass | fused (ours) | two of our passes | mamba-ssm pair + flips | fused / two ours | "
+              "fused / mamba-ssm pair | our plain pass | our plain reverse pass | HBM floor | fused config |")
+    log(header)
     log("|---|---|---|---|---|---|---|---|---|---|---|")
     verdict = []
     for shape in FUSED_SHAPES:
-        tf, t2, tp = time_fused(shape, bw, cfg)
+        tf, t2, tp = time_fused(shape, bw, DEFAULT_CFG)
         order = sorted([("triton (fused)", tf[1]), ("scan (two of ours)", t2[1]), ("mamba_ssm (pair)", tp[1])],
                        key=lambda kv: kv[1] if kv[1] == kv[1] else float("inf"))
         verdict.append(f"B={shape[0]} D={shape[1]} L={shape[2]}: " + " < ".join(f"{k} {v:.2f}" for k, v in order))
@@ -688,14 +688,25 @@ def run_fused(bw, t0, skip_parity):
     log("| cross-scan, 4 routes | fwd / fwd+bwd ms, each path | fused / unfused (fwd / fwd+bwd) |")
     log("|---|---|---|")
     for shape in CROSS_SHAPES:
-        time_cross(shape, cfg)
+        time_cross(shape, DEFAULT_CFG)
         print(f"[{time.time() - t0:.0f} s]", flush=True)
-    if not skip_parity and cfg != DEFAULT_CFG:
+    if time.time() - t0 < budget:
         log("")
-        log("## Parity of the swept fused config at full size (the first parity table ran the default config)")
+        log(f"## Config sweep of the fused kernel at B={FUSED_SHAPES[0][0]} D={FUSED_SHAPES[0][1]} L={FUSED_SHAPES[0][2]}")
         log("")
-        set_rows_config(fwd=cfg[0], bwd=cfg[1])
-        parity_fused_full(note=f", fused config {cfg}", shapes=FUSED_SHAPES[:1], cross=False)
+        cfg = sweep_fused(FUSED_SHAPES[0])
+        if cfg != DEFAULT_CFG:
+            log("")
+            log(header)
+            log("|---|---|---|---|---|---|---|---|---|---|---|")
+            time_fused(FUSED_SHAPES[0], bw, cfg)
+            if not skip_parity:
+                log("")
+                set_rows_config(fwd=cfg[0], bwd=cfg[1])
+                parity_fused_full(note=f", swept fused config {cfg}", shapes=FUSED_SHAPES[:1], cross=False)
+    else:
+        log("")
+        log(f"(config sweep skipped: {time.time() - t0:.0f} s elapsed, budget {budget} s)")
     set_rows_config(fwd=DEFAULT_CFG[0], bwd=DEFAULT_CFG[1])
     log("")
     log(f"parity failures (all): {FAILS if FAILS else 'none'}")
@@ -717,6 +728,8 @@ def main():
     ap.add_argument("--diag", action="store_true", help="only the backward diagnosis table")
     ap.add_argument("--fused", action="store_true", help="only the fused bidirectional / cross-scan section")
     ap.add_argument("--smoke", action="store_true", help="CPU, Triton interpreter, tiny shapes (tests the script)")
+    ap.add_argument("--budget", type=float, default=330.0,
+                    help="--fused: seconds after which the optional config sweep is skipped")
     args = ap.parse_args()
     global OUT_PATH
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -739,7 +752,7 @@ def main():
         diagnose()
         return
     if args.fused:
-        run_fused(bw, t0, args.skip_parity)
+        run_fused(bw, t0, args.skip_parity, args.budget)
         return
     shapes = [(4, 1536, 8192), (1, 512, 1 << 20), (16, 2048, 2048)]
     if DRY:
