@@ -41,10 +41,10 @@ Results: ``<out>/dna_context_sweep_<tag>.{md,json,png}``, rewritten after every 
 CPU check (CI): ``python benchmarks/dna_context_sweep.py --tiny --pretrained runs/dna_pretrain_context/chrX_pretrained.ckpt``
 GPU (one H200), after ``dna_pretrain_context.py`` wrote the checkpoint: stage this script's files (only those of
 ``--tasks``) and the checkpoint into the ignored folder the device call carries, then run:
-    python benchmarks/dna_context_sweep.py --stage-data .cache/dna --stage-xz
-    cp <pretraining results>/chrX_pretrained.ckpt .cache/dna/
+    python benchmarks/dna_context_sweep.py --stage-data .cache/dna --stage-xz --stage-ckpt <results>/chrX_pretrained.ckpt
     CUDA_VISIBLE_DEVICES=0 python3 benchmarks/dna_context_sweep.py --device cuda --data-dir .cache/dna \\
-        --time-budget 470 --pretrained .cache/dna/chrX_pretrained.ckpt --out "$OUT" --tag h200
+        --time-budget 470 --pretrained .cache/dna/chrX_pretrained_fp16.ckpt --out "$OUT" --tag h200
+(staged: 13.9 MiB of FASTA as xz and a 2.8 MiB float16 checkpoint)
 """
 from __future__ import annotations
 
@@ -91,6 +91,32 @@ TINY = {"lengths": [64, 256], "tokens": "1024", "batch_tokens": 512, "test_windo
         "markov_orders": [2, 4]}
 
 
+def stage_ckpt(src: str, dest: Path) -> Path:
+    """A float16 copy of a ``dna_pretrain_context.py`` checkpoint in ``dest`` (half the bytes, for the device
+    machine's small working tree): floating tensors rounded to float16 (relative error <= 2^-11), everything else
+    as it was; ``pretrained_ckpt`` loads it into the float32 model."""
+    import io
+
+    import torch
+
+    from mambaverse.atomic import atomic_write_bytes
+
+    if not Path(src).is_file():
+        raise SystemExit(f"--stage-ckpt {src}: no such checkpoint (dna_pretrain_context.py --save-ckpt writes it)")
+    ck = torch.load(src, map_location="cpu", weights_only=True)
+    if not isinstance(ck, dict) or not isinstance(ck.get("state_dict"), dict):
+        raise SystemExit(f"--stage-ckpt {src}: expected a checkpoint with a state_dict (dna_pretrain_context.py "
+                         f"--save-ckpt)")
+    ck["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
+    ck["staged"] = f"float16 copy of {Path(src).name}"
+    buf = io.BytesIO()
+    torch.save(ck, buf)
+    out = dest / (Path(src).stem + "_fp16.ckpt")
+    atomic_write_bytes(out, buf.getvalue())
+    print(f"staged {out} ({out.stat().st_size / 2**20:.1f} MiB, from {Path(src).stat().st_size / 2**20:.1f} MiB)")
+    return out
+
+
 def architecture(args) -> tuple[str, dict]:
     """Backbone preset and overrides: those of the pretrained checkpoint when there is one (scratch runs use the
     same, so the two inits differ only in their starting weights), else the command line's."""
@@ -99,6 +125,11 @@ def architecture(args) -> tuple[str, dict]:
 
         ck = torch.load(args.pretrained, map_location="cpu", weights_only=True)
         hp = ck.get("hyper_parameters") or {}
+        pre = ck.get("pretraining") or {}
+        args.pretrained_note = "; ".join(x for x in (
+            (f"chrX causal LM at context {pre['context']:,}, seed {pre.get('seed')}, {pre.get('steps')} steps, "
+             f"held-out {pre['val_bpb']:.4f} bits/base") if "context" in pre and pre.get("val_bpb") is not None
+            else "chrX causal LM", ck.get("staged")) if x)
         if "backbone" in hp:
             return hp["backbone"], dict(hp.get("backbone_overrides") or {})
     return args.backbone, dict(json.loads(args.backbone_overrides or "{}"))
@@ -450,6 +481,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=None, help="folder holding the FASTA files (--stage-data makes it)")
     ap.add_argument("--stage-data", default=None, metavar="DIR", help="copy the FASTA files of --tasks (only those) "
                     "into DIR and exit")
+    ap.add_argument("--stage-ckpt", default=None, metavar="CKPT", help="with --stage-data: also write a float16 copy "
+                    "of this pretrained checkpoint there (<name>_fp16.ckpt, half the bytes; it loads into float32)")
     ap.add_argument("--stage-xz", action="store_true", help="with --stage-data: recompress .gz files with xz -9 (chrX "
                     "18.9 -> 15.0 MiB, about 3 CPU minutes once), for a small device working tree")
     ap.add_argument("--cache-dir", default=None)
@@ -463,6 +496,8 @@ def main(argv=None) -> int:
     if args.stage_data:
         C.stage_data(args.stage_data, list(dict.fromkeys(f for t in args.tasks for fs in TASKS[t]["files"].values()
                                                          for f in fs)), xz=args.stage_xz)
+        if args.stage_ckpt:
+            stage_ckpt(args.stage_ckpt, Path(args.stage_data))
         return 0
     if args.from_json:
         res = json.loads(Path(args.from_json).read_text())
@@ -529,7 +564,7 @@ def main(argv=None) -> int:
     meta = {**C.run_meta(args, argv),
             "model": f"DNAClassifier(backbone={backbone}, overrides={json.dumps(overrides)}, single-base input, mean "
                      f"pooling); init pretrained = backbone and embedding of {args.pretrained or '(none)'} "
-                     f"(chrX causal LM); AdamW lr {args.lr}, {args.lr_warmup_steps} warmup steps then cosine, "
+                     f"({getattr(args, 'pretrained_note', '')}); AdamW lr {args.lr}, {args.lr_warmup_steps} warmup steps then cosine, "
                      f"precision {args.precision}",
             "budget": f"{steps} steps × {args.batch_tokens:,} bases = {steps * args.batch_tokens:,} training bases per run "
                       f"(batch = {args.batch_tokens:,} // length windows); time budget {args.time_budget} s"

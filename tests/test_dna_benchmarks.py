@@ -197,7 +197,16 @@ def test_tiny_pretraining_then_sweep_end_to_end(tmp_path, cache):
     assert "run-to-run noise" in md and "| 1,024 | 10 | 1 |" in md and "2 worker processes" in md
     assert (out / "dna_pretrain_context_cpu_tiny.png").stat().st_size > 1000
 
-    assert sweep.main(["--tiny", "--pretrained", str(ckpt), "--out", str(out), "--cache-dir", cache,
+    # the float16 copy staged for a small device tree: half the bytes, the same weights to float16 rounding
+    half = sweep.stage_ckpt(str(ckpt), tmp_path)
+    full_sd = torch.load(ckpt, weights_only=True)["state_dict"]
+    half_ck = torch.load(half, weights_only=True)
+    assert half.stat().st_size < 0.75 * ckpt.stat().st_size and half_ck["hyper_parameters"]["backbone"]
+    for k, v in full_sd.items():
+        if v.is_floating_point():
+            assert half_ck["state_dict"][k].dtype == torch.float16
+            torch.testing.assert_close(half_ck["state_dict"][k].float(), v, rtol=1e-3, atol=1e-4)
+    assert sweep.main(["--tiny", "--pretrained", str(half), "--out", str(out), "--cache-dir", cache,
                        "--work-dir", str(tmp_path / "sweep")]) == 0
     res = json.loads((out / "dna_context_sweep_cpu_tiny.json").read_text())
     rows = res["rows"]
