@@ -28,8 +28,11 @@ def _passes(*args, **kwargs):
     return cross_selective_scan_reference(*args, **kwargs, backend="auto")
 
 
-# "scan": cross_scan copies, one selective_scan over the 4 routes' channels (dispatched by its own table),
-# cross_merge. "triton": the fused kernel that reads each route by index arithmetic (no copies).
+# "scan": cross_scan copies, one selective_scan over the 4 routes' channels (dispatched by its own table, so
+# mamba-ssm's kernel when installed), cross_merge. "triton": our row-layout kernel running the 4 routes in each
+# program, reading x by index arithmetic (no copies). auto keeps "scan" first until benchmarks/kernels.py --fused
+# measures the fused kernel faster: the fused program count is a quarter of the unfused pass's (4c channels),
+# and the column-major routes gather x.
 register_backend(Backend(OP, "scan", _passes, frozenset(), available=lambda device: True, rank={"cuda": 0, "cpu": 0},
                          note="cross_scan + one selective_scan pass + cross_merge"))
 register_backend(Backend(OP, "triton", cross_selective_scan_triton, frozenset(), REAL_DTYPES,
