@@ -728,7 +728,7 @@ def main():
     ap.add_argument("--diag", action="store_true", help="only the backward diagnosis table")
     ap.add_argument("--fused", action="store_true", help="only the fused bidirectional / cross-scan section")
     ap.add_argument("--smoke", action="store_true", help="CPU, Triton interpreter, tiny shapes (tests the script)")
-    ap.add_argument("--budget", type=float, default=330.0,
+    ap.add_argument("--budget", type=float, default=300.0,
                     help="--fused: seconds after which the optional config sweep is skipped")
     args = ap.parse_args()
     global OUT_PATH
