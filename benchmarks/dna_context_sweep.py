@@ -258,7 +258,7 @@ def probe(args) -> float:
     import torch
 
     dev = torch.device(args.device)
-    model = model_for("strains", "scratch", args).to(dev)
+    model = model_for(args.tasks[0], "scratch", args).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     worst = 0.0
     for L in sorted({min(args.lengths), max(args.lengths)}):
