@@ -231,6 +231,14 @@ def test_auto_backend_is_not_triton_on_cpu():
     assert available_backends("cpu")[:2] == ["torch", "naive"]  # triton only when named (interpreter)
 
 
+def test_bidirectional_auto_order():
+    # CPU: two passes; CUDA: mamba-ssm's pair (flips), then our fused kernel, then two passes
+    from mambaverse.ops.dispatch import TABLE
+    assert select("bidirectional_scan", "auto", torch.device("cpu"), torch.float32, {"grouped"}).name == "scan"
+    rows = sorted((r for r in TABLE["bidirectional_scan"].values() if "cuda" in r.rank), key=lambda r: r.rank["cuda"])
+    assert [r.name for r in rows] == ["mamba_ssm", "triton", "scan"]
+
+
 # ----------------------------------------------------------------------------- bidirectional
 def _bidir_inputs(dtype, seed):
     b, d, l, n = 2, 8, 29, 4
