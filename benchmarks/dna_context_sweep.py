@@ -126,6 +126,7 @@ def architecture(args) -> tuple[str, dict]:
         ck = torch.load(args.pretrained, map_location="cpu", weights_only=True)
         hp = ck.get("hyper_parameters") or {}
         pre = ck.get("pretraining") or {}
+        args.pretrained_note = "chrX causal LM"
         args.pretrained_note = "; ".join(x for x in (
             (f"chrX causal LM at context {pre['context']:,}, seed {pre.get('seed')}, {pre.get('steps')} steps, "
              f"held-out {pre['val_bpb']:.4f} bits/base") if "context" in pre and pre.get("val_bpb") is not None
@@ -563,8 +564,10 @@ def main(argv=None) -> int:
     backbone, overrides = args.arch
     meta = {**C.run_meta(args, argv),
             "model": f"DNAClassifier(backbone={backbone}, overrides={json.dumps(overrides)}, single-base input, mean "
-                     f"pooling); init pretrained = backbone and embedding of {args.pretrained or '(none)'} "
-                     f"({getattr(args, 'pretrained_note', '')}); AdamW lr {args.lr}, {args.lr_warmup_steps} warmup steps then cosine, "
+                     f"pooling); "
+                     + (f"init pretrained = backbone and embedding of {args.pretrained} ({args.pretrained_note}); "
+                        if args.pretrained else "no pretrained checkpoint; ")
+                     + f"AdamW lr {args.lr}, {args.lr_warmup_steps} warmup steps then cosine, "
                      f"precision {args.precision}",
             "budget": f"{steps} steps × {args.batch_tokens:,} bases = {steps * args.batch_tokens:,} training bases per run "
                       f"(batch = {args.batch_tokens:,} // length windows); time budget {args.time_budget} s"
