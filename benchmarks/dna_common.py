@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -265,3 +266,67 @@ def set_cpu_threads() -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+
+
+# --------------------------------------------------------------------------- command-line checks (before any work)
+def check_lengths(lengths, flag: str = "--lengths") -> None:
+    """Every length a power of two >= 2: the results' ``2^k`` column, the doubling length warmup and the
+    halving of a window into shorter sequences assume it. Raises SystemExit with one line otherwise."""
+    bad = [L for L in lengths if L < 2 or L & (L - 1)]
+    if bad:
+        raise SystemExit(f"{flag} {' '.join(map(str, lengths))}: {bad[0]} is not a power of two >= 2; expected "
+                         f"lengths such as 1024 4096 16384")
+
+
+def check_time_budget(budget) -> None:
+    """``--time-budget`` is a positive number of seconds, or left out. Raises SystemExit with one line otherwise."""
+    if budget is not None and not (budget > 0 and math.isfinite(budget)):
+        raise SystemExit(f"--time-budget {budget}: expected a positive number of seconds (or leave it out)")
+
+
+def check_out_dir(path, flag: str) -> None:
+    """The folder ``path`` (an option's value) can be created and written: checked before hours of work, not at
+    the first write. Raises SystemExit with the one-line OutputPathError message otherwise."""
+    from mambaverse.atomic import check_writable_dir
+    from mambaverse.errors import OutputPathError
+
+    try:
+        check_writable_dir(path, flag)
+    except OutputPathError as exc:
+        raise SystemExit(str(exc)) from None
+
+
+def load_checkpoint(path, flag: str) -> dict:
+    """A ``dna_pretrain_context.py --save-ckpt`` checkpoint (a dict with a ``state_dict``), read with
+    ``torch.load(weights_only=True)`` (never runs a pickle's code). Raises SystemExit with one line naming the
+    file when it is missing, unreadable or not such a checkpoint."""
+    import torch
+
+    if not Path(path).is_file():
+        raise SystemExit(f"{flag} {path}: no such checkpoint (dna_pretrain_context.py --save-ckpt writes it)")
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of a foreign file
+            warnings.simplefilter("ignore")
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, EOFError, RuntimeError, ... here
+        text = str(exc)  # torch's weights-only refusal is a paragraph; its cause follows "WeightsUnpickler error:"
+        text = text.split("WeightsUnpickler error:", 1)[-1]
+        why = " ".join(x.strip() for x in text.strip().splitlines()[:1] if x.strip())[:120]
+        raise SystemExit(f"{flag} {path}: not a checkpoint torch.load(weights_only=True) can read "
+                         f"({type(exc).__name__}{': ' + why if why else ''}); expected the file "
+                         f"dna_pretrain_context.py --save-ckpt writes") from None
+    if not isinstance(ck, dict) or not isinstance(ck.get("state_dict"), dict):
+        raise SystemExit(f"{flag} {path}: a {type(ck).__name__} without a state_dict; expected the checkpoint "
+                         f"dna_pretrain_context.py --save-ckpt writes")
+    return ck
+
+
+def run_main(main) -> int:
+    """``main()``, with a bad input the library reports (a ``MambaverseError``: an empty FASTA file, a checkpoint
+    that does not fit the backbone) printed as its one line instead of a traceback."""
+    from mambaverse.errors import MambaverseError
+
+    try:
+        return main()
+    except MambaverseError as exc:
+        raise SystemExit(f"{Path(sys.argv[0]).name}: {exc}") from None

@@ -101,12 +101,7 @@ def stage_ckpt(src: str, dest: Path) -> Path:
 
     from mambaverse.atomic import atomic_write_bytes
 
-    if not Path(src).is_file():
-        raise SystemExit(f"--stage-ckpt {src}: no such checkpoint (dna_pretrain_context.py --save-ckpt writes it)")
-    ck = torch.load(src, map_location="cpu", weights_only=True)
-    if not isinstance(ck, dict) or not isinstance(ck.get("state_dict"), dict):
-        raise SystemExit(f"--stage-ckpt {src}: expected a checkpoint with a state_dict (dna_pretrain_context.py "
-                         f"--save-ckpt)")
+    ck = C.load_checkpoint(src, "--stage-ckpt")
     ck["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
     ck["staged"] = f"float16 copy of {Path(src).name}"
     buf = io.BytesIO()
@@ -121,9 +116,7 @@ def architecture(args) -> tuple[str, dict]:
     """Backbone preset and overrides: those of the pretrained checkpoint when there is one (scratch runs use the
     same, so the two inits differ only in their starting weights), else the command line's."""
     if args.pretrained:
-        import torch
-
-        ck = torch.load(args.pretrained, map_location="cpu", weights_only=True)
+        ck = C.load_checkpoint(args.pretrained, "--pretrained")
         hp = ck.get("hyper_parameters") or {}
         pre = ck.get("pretraining") or {}
         args.pretrained_note = "chrX causal LM"
@@ -495,6 +488,9 @@ def main(argv=None) -> int:
                     "JSON (e.g. one written on the GPU machine) into --out, with --tag or the JSON's tag, and exit")
     args, given = C.parse_args(ap, argv)
     if args.stage_data:
+        C.check_out_dir(args.stage_data, "--stage-data")
+        if args.stage_ckpt:  # fail before copying data
+            C.load_checkpoint(args.stage_ckpt, "--stage-ckpt")
         C.stage_data(args.stage_data, list(dict.fromkeys(f for t in args.tasks for fs in TASKS[t]["files"].values()
                                                          for f in fs)), xz=args.stage_xz)
         if args.stage_ckpt:
@@ -507,6 +503,10 @@ def main(argv=None) -> int:
                                                          markov=res.get("markov")))))
         return 0
     C.apply_tiny(args, given, TINY)
+    C.check_lengths(args.lengths)
+    C.check_time_budget(args.time_budget)
+    C.check_out_dir(args.out, "--out")
+    C.check_out_dir(args.work_dir, "--work-dir")
     args.lengths = sorted(set(args.lengths))
     args.block_size = args.block_size or 2 * max(args.lengths)
     args.num_workers = args.num_workers if args.num_workers is not None else 0
@@ -603,4 +603,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(C.run_main(main))

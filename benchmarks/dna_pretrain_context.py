@@ -550,7 +550,25 @@ def parse_gpus(value: str | None) -> list[str]:
     out = [v.strip() for v in value.split(",") if v.strip()]
     if not out or any(not (v == "cpu" or v.isdigit()) for v in out):
         raise SystemExit(f"--gpus {value!r}: expected a comma-separated list of CUDA device indices (0,1) or 'cpu' entries")
+    cuda = [v for v in out if v != "cpu"]
+    if len(set(cuda)) < len(cuda):
+        raise SystemExit(f"--gpus {value!r}: a CUDA index appears twice; expected each GPU once (one worker per GPU)")
     return out
+
+
+def check_gpus_visible(value: str, gpus: list[str]) -> None:
+    """Every CUDA index of ``--gpus`` names a GPU this process sees, checked before any worker starts (a worker
+    on a missing GPU would fail inside Lightning). Counts through NVML, without initialising CUDA here."""
+    cuda = [int(g) for g in gpus if g != "cpu"]
+    if not cuda:
+        return
+    import torch
+
+    n = torch.cuda.device_count()
+    if max(cuda) >= n:
+        raise SystemExit(f"--gpus {value!r}: no CUDA device {max(cuda)} (this process sees {n}); expected "
+                         + (f"indices below {n}, or 'cpu' entries" if n else "'cpu' entries on a machine without a GPU"))
+
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -733,6 +751,7 @@ def main(argv=None) -> int:
     argv_list = list(sys.argv[1:] if argv is None else argv)
     args, given = C.parse_args(ap, argv_list)
     if args.stage_data:
+        C.check_out_dir(args.stage_data, "--stage-data")
         C.stage_data(args.stage_data, [CHRX], xz=args.stage_xz)
         return 0
     if args.from_json:
@@ -741,7 +760,12 @@ def main(argv=None) -> int:
         print("wrote " + ", ".join(map(str, write_results(res["rows"], res.get("markov") or [], res["meta"],
                                                          Path(args.out), tag))))
         return 0
+    if args.tiny and "lengths" in given and "noise_lengths" not in given:
+        given.add("noise_lengths")  # --tiny's noise length (1024) is its own longest, not the given lengths'
+        args.noise_lengths = [max(args.lengths)]
     C.apply_tiny(args, given, TINY)
+    C.check_lengths(args.lengths)
+    C.check_time_budget(args.time_budget)
     args.lengths = sorted(set(args.lengths))
     Lmax, Lmin = max(args.lengths), min(args.lengths)
     if any(Lmax % L for L in args.lengths) or any(L % 2 for L in args.lengths):
@@ -752,6 +776,12 @@ def main(argv=None) -> int:
         raise SystemExit(f"--noise-lengths {args.noise_lengths}: every one must be in --lengths {args.lengths}")
     args.handoff_length = args.handoff_length or Lmax
     gpus = parse_gpus(args.gpus)
+    if args.worker is None:
+        check_gpus_visible(args.gpus, gpus)
+        for flag, folder in (("--out", args.out), ("--work-dir", args.work_dir),
+                             ("--save-ckpt", Path(args.save_ckpt).parent if args.save_ckpt else None)):
+            if folder is not None:
+                C.check_out_dir(folder, flag)
     gpu = args.device.startswith("cuda") or any(g != "cpu" for g in gpus)
     args.precision = args.precision or ("bf16-mixed" if args.device.startswith("cuda") else "32-true")
     args.num_workers = args.num_workers if args.num_workers is not None else 0
@@ -921,4 +951,4 @@ def merged(rows_of: dict[int, list[dict]]) -> list[dict]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(C.run_main(main))
