@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ...errors import ShapeError
+from ...errors import BackendUnavailableError, ShapeError
 from ..custom import DifferentiableOp, compiling, resolve_backend
 from ..dispatch import REAL_DTYPES, TABLE, Backend, register_backend, triton_kernel
 from ..selective_scan import check_scan_inputs, selective_scan
@@ -85,6 +85,15 @@ cross_selective_scan_op = DifferentiableOp(
          ("Tensor?", "delta_bias"), ("bool", "delta_softplus"), ("str", "backend")], 1, _outputs, _impl)
 
 
+def check_backend_name(backend) -> None:
+    """Name this op (not selective_scan) and its own choices when ``backend`` is no backend at all."""
+    if isinstance(backend, str) and (backend in ("auto", "scan") or backend in TABLE[OP]
+                                     or backend in TABLE["selective_scan"]):
+        return
+    names = sorted({"auto", "scan"} | set(TABLE[OP]) | set(TABLE["selective_scan"]))
+    raise BackendUnavailableError(f"{OP}: unknown backend {backend!r}; expected one of {names}")
+
+
 def cross_selective_scan(x, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, backend="auto"):
     """Scan an image along its four routes with per-route parameters, then merge.
 
@@ -97,12 +106,17 @@ def cross_selective_scan(x, delta, A, B, C, D=None, delta_bias=None, delta_softp
         ShapeError: an argument breaks the contract.
         BackendUnavailableError: the named backend is unknown, unavailable here, or lacks a capability.
     """
+    check_backend_name(backend)
     if x.dim() != 4:
         raise ShapeError(f"cross_selective_scan: x has shape {tuple(x.shape)}, expected (b, c, h, w)")
     b, c, h, w = x.shape
     if tuple(delta.shape) != (b, ROUTES, c, h * w):
         raise ShapeError(f"cross_selective_scan: delta has shape {tuple(delta.shape)}, expected {(b, ROUTES, c, h * w)}")
     check_scan_inputs(x.new_empty(b, ROUTES * c, h * w), delta.reshape(b, ROUTES * c, h * w), A, B, C, D, None, delta_bias)
+    for name, t in (("B", B), ("C", C)):  # one (n, L) slice per route: other group counts would mix the routes
+        if t.dim() != 4 or t.shape[1] != ROUTES:
+            raise ShapeError(f"cross_selective_scan: {name} has shape {tuple(t.shape)}, expected "
+                             f"{(b, ROUTES, A.shape[1], h * w)} (one slice per route)")
     dtype = compute_dtype(x, delta, A, B, C, D, delta_bias)
     if backend in ("auto", "triton"):
         name = resolve_backend(OP, backend, x.device, dtype if dtype == torch.float64 else x.dtype, set())
