@@ -132,3 +132,19 @@ def test_unknown_backend_names_the_op_and_its_choices():
         cross_selective_scan(*_cross(4), backend="nosuch")
     with pytest.raises(MambaverseError, match="unknown backend"):
         bidirectional_scan(u, u.abs(), A, B, B, backend=["naive"])
+
+
+def test_bidirectional_auto_serves_what_only_the_passes_can_and_triton_says_so():
+    # time-invariant B/C (d, n) and per-direction B of different group counts: auto went to the fused kernel
+    # (IndexError / ValueError from inside it); now auto runs the passes, equal to the oracle, and triton refuses
+    torch.manual_seed(0)
+    u, delta, A = torch.randn(2, 4, 8), torch.rand(2, 4, 8), -torch.rand(4, 3) - 0.5
+    for B, C in ((torch.randn(4, 3), torch.randn(4, 3)),
+                 ((torch.randn(2, 2, 3, 8), torch.randn(2, 4, 3, 8)), (torch.randn(2, 2, 3, 8), torch.randn(2, 4, 3, 8)))):
+        want = bidirectional_scan(u, delta, A, B, C, backend="naive")
+        torch.testing.assert_close(bidirectional_scan(u, delta, A, B, C, backend="auto"), want)
+        with pytest.raises(BackendUnavailableError, match="bidirectional_scan: backend 'triton'"):
+            bidirectional_scan(u, delta, A, B, C, backend="triton")
+    with pytest.raises(ShapeError, match="u has shape .* forward and .* reverse"):
+        bidirectional_scan((u, torch.randn(2, 5, 8)), (delta, torch.rand(2, 5, 8)), (A, -torch.rand(5, 3)),
+                           torch.randn(2, 3, 8), torch.randn(2, 3, 8), backend="naive")

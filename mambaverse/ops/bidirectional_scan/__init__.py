@@ -159,9 +159,26 @@ def bidirectional_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     for direction in (0, 1):
         uu, dd, AA, BB, CC, DD, bb = (p[direction] for p in pairs)
         check_scan_inputs(uu, dd, AA, BB, CC, DD, z, bb)
-    u0, B0 = pairs[0][0], pairs[3][0]
+    u0 = pairs[0][0]
+    if pairs[0][1].shape != u0.shape:
+        raise ShapeError(f"bidirectional_scan: u has shape {tuple(u0.shape)} forward and {tuple(pairs[0][1].shape)} "
+                         f"reverse; expected one shape for both directions")
     dtype = compute_dtype(*(t for p in pairs for t in p))
-    needs = {"grouped"} if B0.dim() == 4 else set()
+    needs = set()  # over both directions, B and C: what the fused paths must serve
+    for AA, BB, CC in zip(pairs[2], pairs[3], pairs[4]):
+        needs |= {"grouped"} if 4 in (BB.dim(), CC.dim()) else set()
+        needs |= {"time_invariant"} if 2 in (BB.dim(), CC.dim()) else set()
+        needs |= {"complex"} if AA.is_complex() else set()
+    # the fused kernel takes per-direction B/C of one group count (or one of them ungrouped)
+    groups = lambda t: t.shape[1] if t.dim() == 4 else 1  # noqa: E731
+    uneven = [n for n, (f, r) in (("B", pairs[3]), ("C", pairs[4]))
+              if f.dim() > 2 and r.dim() > 2 and 1 not in (groups(f), groups(r)) and groups(f) != groups(r)]
+    if backend == "auto" and (needs - {"grouped"} or uneven):
+        backend = "scan"  # only the passes serve these (each selective_scan dispatched by its own table)
+    if backend == "triton" and uneven:
+        raise BackendUnavailableError(f"bidirectional_scan: backend 'triton' takes {uneven[0]} with one group count for "
+                                      f"both directions, got {tuple(pairs[3 if uneven[0] == 'B' else 4][0].shape)} and "
+                                      f"{tuple(pairs[3 if uneven[0] == 'B' else 4][1].shape)}; use backend='scan'")
     if backend in ("auto", "triton", "mamba_ssm"):
         name = resolve_backend(OP, backend, u0.device, dtype if dtype == torch.float64 else u0.dtype, needs)
         if name == "triton":
