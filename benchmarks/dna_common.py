@@ -330,3 +330,37 @@ def run_main(main) -> int:
         return main()
     except MambaverseError as exc:
         raise SystemExit(f"{Path(sys.argv[0]).name}: {exc}") from None
+
+
+class BackgroundJob:
+    """A numpy-only job (the Markov anchors) in a forked child, started before anything touches CUDA, so it
+    runs beside the GPU runs. ``job(args, queue)`` puts one list of row dicts (an ``error`` key marks a
+    failure); ``poll()`` returns the rows once they exist (``[]`` until then, or when ``enabled`` is False)."""
+
+    def __init__(self, job, args, name: str, enabled: bool = True):
+        import multiprocessing as mp
+
+        self.rows: list[dict] = []
+        self.proc = None
+        self.name = name
+        if not enabled:
+            return
+        ctx = mp.get_context("fork")
+        self.queue = ctx.Queue()
+        self.proc = ctx.Process(target=job, args=(args, self.queue), daemon=True)
+        self.proc.start()
+
+    def poll(self, wait: float = 0.0) -> list[dict]:
+        import queue as q
+
+        if self.proc is not None and not self.rows:
+            try:
+                got = self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()
+            except q.Empty:
+                return self.rows
+            errors = [r["error"] for r in got if "error" in r]
+            if errors:
+                print(f"{self.name} failed: {errors[0]}", flush=True)
+            self.rows = [r for r in got if "error" not in r]
+            self.proc.join(timeout=5)
+        return self.rows

@@ -214,38 +214,6 @@ def _anchor_job(args, queue) -> None:
         queue.put([{"error": f"{type(exc).__name__}: {exc}"}])
 
 
-class Anchor:
-    """The Markov-classifier anchor in a forked child (numpy only, started before CUDA is touched), so that it
-    runs beside the GPU runs; ``poll()`` hands its rows over once they exist."""
-
-    def __init__(self, args):
-        import multiprocessing as mp
-
-        self.rows: list[dict] = []
-        self.proc = None
-        if not args.markov_orders:
-            return
-        ctx = mp.get_context("fork")
-        self.queue = ctx.Queue()
-        self.proc = ctx.Process(target=_anchor_job, args=(args, self.queue), daemon=True)
-        self.proc.start()
-
-    def poll(self, wait: float = 0.0) -> list[dict]:
-        import queue as q
-
-        if self.proc is not None and not self.rows:
-            try:
-                got = self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()
-            except q.Empty:
-                return self.rows
-            errors = [r["error"] for r in got if "error" in r]
-            if errors:
-                print(f"markov classifier anchor failed: {errors[0]}", flush=True)
-            self.rows = [r for r in got if "error" not in r]
-            self.proc.join(timeout=5)
-        return self.rows
-
-
 def probe(args) -> float:
     """Seconds per optimizer step (``--batch-tokens`` bases) at the shortest and the longest length, random tokens,
     the same model and precision; the slower of the two plans the budget."""
@@ -544,7 +512,7 @@ def main(argv=None) -> int:
     runs = list(dict.fromkeys(runs))  # one length only: the shortest is the longest
     for task in args.tasks:  # decompress and index every file once, before the anchor's child forks
         datamodule(task, min(args.lengths), args, 1, 1, 1).setup("fit")
-    anchor = Anchor(args)  # forked before anything touches CUDA
+    anchor = C.BackgroundJob(_anchor_job, args, "markov classifier anchor", bool(args.markov_orders))  # forked before anything touches CUDA
     sps = probe(args) if args.tokens == "auto" else None
     if args.tokens == "auto":
         if args.time_budget is None:

@@ -325,38 +325,6 @@ def _markov_job(args, queue) -> None:
         queue.put([{"error": f"{type(exc).__name__}: {exc}"}])
 
 
-class Anchor:
-    """Starts the Markov anchor beside the runs (a forked process, started before CUDA is touched) and hands
-    its rows over once they exist."""
-
-    def __init__(self, args):
-        import multiprocessing as mp
-
-        self.rows: list[dict] = []
-        self.proc = None
-        if not args.markov_orders:
-            return
-        ctx = mp.get_context("fork")
-        self.queue = ctx.Queue()
-        self.proc = ctx.Process(target=_markov_job, args=(args, self.queue), daemon=True)
-        self.proc.start()
-
-    def poll(self, wait: float = 0.0) -> list[dict]:
-        import queue as q
-
-        if self.proc is not None and not self.rows:
-            try:
-                got = self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()
-            except q.Empty:
-                return self.rows
-            errors = [r["error"] for r in got if "error" in r]
-            if errors:
-                print(f"markov anchor failed: {errors[0]}", flush=True)
-            self.rows = [r for r in got if "error" not in r]
-            self.proc.join(timeout=5)
-        return self.rows
-
-
 def run_one(args, L: int, seed: int, plan: dict, held_holder: dict, max_seconds: float) -> dict:
     import lightning.pytorch as pl
     import torch
@@ -568,7 +536,6 @@ def check_gpus_visible(value: str, gpus: list[str]) -> None:
     if max(cuda) >= n:
         raise SystemExit(f"--gpus {value!r}: no CUDA device {max(cuda)} (this process sees {n}); expected "
                          + (f"indices below {n}, or 'cpu' entries" if n else "'cpu' entries on a machine without a GPU"))
-
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -798,7 +765,7 @@ def main(argv=None) -> int:
     dm = make_datamodule(args, args.seeds[0], 1)  # decompress and index once, so every process finds the cache ready
     HeldOut(dm, args.val_tiles, Lmax)  # fail now if the held-out region is too short
     del dm
-    anchor = Anchor(args)  # forked before anything touches CUDA
+    anchor = C.BackgroundJob(_markov_job, args, "markov anchor", bool(args.markov_orders))  # forked before anything touches CUDA
     chunk_len = None if args.chunk_len in ("auto", "0", 0) else int(args.chunk_len)
     need_probe = args.tokens == "auto" or args.chunk_len == "auto"
     procs, wdir = [], None
