@@ -201,3 +201,17 @@ def module_importable(module: str) -> Callable[[], bool]:
         return True
 
     return probe
+
+
+def check_composite_backend(op: str, backend) -> None:
+    """For an op built on selective_scan (bidirectional, cross-scan): ``backend`` must be ``auto``, ``scan``
+    (the unfused passes), one of the op's own rows or a selective_scan backend (the passes' backend).
+
+    Raises:
+        BackendUnavailableError: naming ``op`` and its real choices.
+    """
+    if isinstance(backend, str) and (backend in ("auto", "scan") or backend in TABLE[op]
+                                     or backend in TABLE["selective_scan"]):
+        return
+    names = sorted({"auto", "scan"} | set(TABLE[op]) | set(TABLE["selective_scan"]))
+    raise BackendUnavailableError(f"{op}: unknown backend {backend!r}; expected one of {names}")

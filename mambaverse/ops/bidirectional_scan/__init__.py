@@ -18,7 +18,8 @@ import torch
 
 from ...errors import BackendUnavailableError, ShapeError
 from ..custom import DifferentiableOp, compiling, resolve_backend
-from ..dispatch import REAL_DTYPES, TABLE, Backend, cuda_and, module_importable, register_backend, triton_kernel
+from ..dispatch import (REAL_DTYPES, TABLE, Backend, check_composite_backend, cuda_and, module_importable,
+                        register_backend, triton_kernel)
 from ..selective_scan import check_scan_inputs, selective_scan
 from ..selective_scan.common import compute_dtype
 from .triton import bidirectional_scan_triton
@@ -129,15 +130,6 @@ def _fused_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, combine, name
     return bidirectional_scan_op(*flat, z, bool(delta_softplus), combine, paired, name)[0]
 
 
-def check_backend_name(backend) -> None:
-    """Name this op (not selective_scan) and its own choices when ``backend`` is no backend at all."""
-    if isinstance(backend, str) and (backend in ("auto", "scan") or backend in TABLE[OP]
-                                     or backend in TABLE["selective_scan"]):
-        return
-    names = sorted({"auto", "scan"} | set(TABLE[OP]) | set(TABLE["selective_scan"]))
-    raise BackendUnavailableError(f"{OP}: unknown backend {backend!r}; expected one of {names}")
-
-
 def bidirectional_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        combine="add", backend="auto"):
     """Both directions of a selective scan, combined (Caduceus' BiMamba, Vim); see the module docstring.
@@ -151,7 +143,7 @@ def bidirectional_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         ShapeError: an argument breaks the contract.
         BackendUnavailableError: the named backend is unknown, unavailable here, or lacks a capability.
     """
-    check_backend_name(backend)
+    check_composite_backend(OP, backend)
     if combine not in COMBINES:
         raise ShapeError(f"bidirectional_scan: combine={combine!r}; expected one of {COMBINES}")
     pairs = [_pair(n, v) for n, v in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D),

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from ...errors import BackendUnavailableError, ShapeError
+from ...errors import ShapeError
 from ..custom import DifferentiableOp, compiling, resolve_backend
-from ..dispatch import REAL_DTYPES, TABLE, Backend, register_backend, triton_kernel
+from ..dispatch import REAL_DTYPES, TABLE, Backend, check_composite_backend, register_backend, triton_kernel
 from ..selective_scan import check_scan_inputs, selective_scan
 from ..selective_scan.common import compute_dtype
 from .triton import cross_selective_scan_triton
@@ -85,15 +85,6 @@ cross_selective_scan_op = DifferentiableOp(
          ("Tensor?", "delta_bias"), ("bool", "delta_softplus"), ("str", "backend")], 1, _outputs, _impl)
 
 
-def check_backend_name(backend) -> None:
-    """Name this op (not selective_scan) and its own choices when ``backend`` is no backend at all."""
-    if isinstance(backend, str) and (backend in ("auto", "scan") or backend in TABLE[OP]
-                                     or backend in TABLE["selective_scan"]):
-        return
-    names = sorted({"auto", "scan"} | set(TABLE[OP]) | set(TABLE["selective_scan"]))
-    raise BackendUnavailableError(f"{OP}: unknown backend {backend!r}; expected one of {names}")
-
-
 def cross_selective_scan(x, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, backend="auto"):
     """Scan an image along its four routes with per-route parameters, then merge.
 
@@ -106,7 +97,7 @@ def cross_selective_scan(x, delta, A, B, C, D=None, delta_bias=None, delta_softp
         ShapeError: an argument breaks the contract.
         BackendUnavailableError: the named backend is unknown, unavailable here, or lacks a capability.
     """
-    check_backend_name(backend)
+    check_composite_backend(OP, backend)
     if x.dim() != 4:
         raise ShapeError(f"cross_selective_scan: x has shape {tuple(x.shape)}, expected (b, c, h, w)")
     b, c, h, w = x.shape
