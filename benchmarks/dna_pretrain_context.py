@@ -664,7 +664,7 @@ def plot(done: list[dict], markov: list[dict], meta: dict, path: Path) -> Path:
 # ------------------------------------------------------------------------------------------------ main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tiny", action="store_true", help="CPU check in about a minute: lengths 64/256/1024, a d_model 32 "
+    ap.add_argument("--tiny", action="store_true", help="CPU check (under a minute on 2 cores): lengths 64/256/1024, a d_model 32 "
                     "2-layer model, 4k tokens per run (defaults below are replaced unless given)")
     ap.add_argument("--lengths", nargs="+", type=int, default=[2 ** k for k in range(10, 21, 2)])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="the first seed runs every length; all of "
