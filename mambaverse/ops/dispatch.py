@@ -118,9 +118,10 @@ def select(op: str, backend: str, device: torch.device, dtype: torch.dtype, need
         raise BackendUnavailableError(f"{op}: backend {backend!r} is unavailable on device {device}; available here: {usable}")
     missing = sorted(needs - row.features)
     if missing:
+        others = sorted(n for n, r in rows.items() if needs <= r.features)
         raise BackendUnavailableError(
             f"{op}: backend {backend!r} cannot serve this call: it lacks {', '.join(FEATURES[f] for f in missing)}; "
-            f"use backend='auto' or one of {sorted(n for n, r in rows.items() if needs <= r.features)}")
+            f"use backend='auto'" + (f" or one of {others}" if others else ""))
     if dtype not in row.dtypes:
         raise BackendUnavailableError(
             f"{op}: backend {backend!r} does not compute {_describe_dtype(dtype)} faithfully; it takes "
