@@ -503,6 +503,8 @@ def main(argv=None) -> int:
     if len(inits) < len(args.inits):
         print("no --pretrained checkpoint: from-scratch runs only", flush=True)
     args.arch = architecture(args)
+    if "pretrained" in inits:  # a checkpoint that does not fit the backbone fails now, not after the scratch runs
+        model_for(args.tasks[0], "pretrained", args)
     for task in args.tasks:  # fail before any training when a file is missing
         for fs in TASKS[task]["files"].values():
             for f in fs:

@@ -97,6 +97,16 @@ def test_pretrained_that_is_no_checkpoint_is_one_line(sweep, tmp_path):
     assert msg.startswith("--stage-ckpt")
 
 
+def test_pretrained_that_does_not_fit_fails_before_any_run(sweep, tmp_path):
+    path = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"backbone.layers.0.weight": torch.zeros(3)}, "hyper_parameters": {}}, path)
+    out = tmp_path / "out"
+    with pytest.raises((SystemExit, MambaverseError)) as info:
+        sweep.main(["--tiny", "--pretrained", str(path), "--out", str(out), "--work-dir", str(tmp_path / "w")])
+    assert "Traceback" not in str(info.value) and "\n" not in str(info.value)
+    assert not list(out.glob("dna_context_sweep_*")), "results were written before the checkpoint was checked"
+
+
 def test_library_errors_become_one_line_in_the_scripts(pre):
     def main():
         raise ShapeError("x.fa: file is empty; expected FASTA records")
