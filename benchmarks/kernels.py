@@ -295,32 +295,32 @@ def floor_bytes(b, d, l, n=16, el=2):
     return fwd, fwd + bwd
 
 
-def sweep(ts, fwd_cfgs, bwd_cfgs, seed):
+def sweep(ts, fwd_cfgs, bwd_cfgs, seed, run=None, label="sweep"):
     """Pick (BLOCK_D, BLOCK_L, warps) of the row-layout kernels: the forward alone, then the backward
-    (fwd+bwd timed) with the best forward."""
+    (fwd+bwd timed) with the best forward. ``run()`` is the forward timed (default: our plain scan on ts)."""
+    run = run or (lambda: ours(ts))
     res_f = {}
     with torch.no_grad():
         for cfg in fwd_cfgs:
-            set_rows_config(fwd=cfg, bwd=(cfg[0], cfg[1], cfg[2]))
+            set_rows_config(fwd=cfg, bwd=cfg)
             try:
-                res_f[cfg] = bench(lambda: ours(ts), rep=60)
+                res_f[cfg] = bench(run, rep=60)
             except Exception as exc:  # noqa: BLE001  (a config can run out of registers/shared memory)
                 res_f[cfg] = float("inf")
-                print("fwd config failed", cfg, type(exc).__name__, str(exc)[:200])
+                print(f"{label}: fwd config failed", cfg, type(exc).__name__, str(exc)[:200])
     best_f = min(res_f, key=res_f.get)
     res_b = {}
     for cfg in bwd_cfgs:
         set_rows_config(fwd=best_f, bwd=cfg)
         try:
-            res_b[cfg] = bench(lambda: ours(ts).backward(seed), grad_to_none=ts, rep=60)
+            res_b[cfg] = bench(lambda: run().backward(seed), grad_to_none=ts, rep=60)
         except Exception as exc:  # noqa: BLE001
             res_b[cfg] = float("inf")
-            print("bwd config failed", cfg, type(exc).__name__, str(exc)[:200])
+            print(f"{label}: bwd config failed", cfg, type(exc).__name__, str(exc)[:200])
     best_b = min(res_b, key=res_b.get)
-    log(f"  sweep fwd {dict((k, round(v, 3)) for k, v in res_f.items())}")
-    log(f"  sweep fwd+bwd {dict((k, round(v, 3)) for k, v in res_b.items())}")
+    log(f"  {label} fwd {dict((k, round(v, 3)) for k, v in res_f.items())}")
+    log(f"  {label} fwd+bwd (fwd {best_f}) {dict((k, round(v, 3)) for k, v in res_b.items())}")
     return best_f, best_b
-
 
 # (BLOCK_D, BLOCK_L, num_warps): about 2-16 steps per thread (mamba-ssm's kNItems is 16 with 128 threads)
 FWD_CFGS = [(1, 1024, 4), (1, 512, 2), (1, 2048, 8)]
@@ -587,29 +587,10 @@ def sweep_fused(shape):
     ts = make(b, d, l)
     seed = torch.randn(b, d, l, device=DEV, dtype=torch.bfloat16)
     fused = bidir_paths(ts)[0]
-    res_f, res_b = {}, {}
-    for cfg in FUSED_FWD_CFGS:
-        set_rows_config(fwd=cfg, bwd=cfg)
-        try:
-            with torch.no_grad():
-                res_f[cfg] = bench(fused, rep=60)
-        except Exception as exc:  # noqa: BLE001  (a config can run out of registers/shared memory)
-            res_f[cfg] = float("inf")
-            print("fused fwd config failed", cfg, type(exc).__name__, str(exc)[:200])
-    best_f = min(res_f, key=res_f.get)
-    for cfg in FUSED_BWD_CFGS:
-        set_rows_config(fwd=best_f, bwd=cfg)
-        try:
-            res_b[cfg] = bench(lambda: fused().backward(seed), grad_to_none=ts, rep=60)
-        except Exception as exc:  # noqa: BLE001
-            res_b[cfg] = float("inf")
-            print("fused bwd config failed", cfg, type(exc).__name__, str(exc)[:200])
-    best_b = min(res_b, key=res_b.get)
-    log(f"  fused sweep B={b} D={d} L={l} fwd {dict((k, round(v, 3)) for k, v in res_f.items())}")
-    log(f"  fused sweep B={b} D={d} L={l} fwd+bwd (fwd {best_f}) {dict((k, round(v, 3)) for k, v in res_b.items())}")
+    best = sweep(ts, FUSED_FWD_CFGS, FUSED_BWD_CFGS, seed, run=fused, label=f"fused sweep B={b} D={d} L={l}")
     del ts
     torch.cuda.empty_cache()
-    return best_f, best_b
+    return best
 
 
 def time_fused(shape, bw, cfg):

@@ -398,6 +398,17 @@ def _split(t, per_dir_dim, zeros=3):
     return 0, t.stride()
 
 
+def _input_strides(u, delta, A, B, C, D, db, z) -> list[int]:
+    """The strides both kernels take for their inputs, in their argument order: (direction stride, strides) of
+    u, delta, A, B, C; the direction strides of D and delta_bias; z's strides (zeros when absent)."""
+    out = []
+    for t, dims in ((u, 3), (delta, 3), (A, 2), (B, 4), (C, 4)):
+        r, st = _split(t, dims)
+        out += [r, *st]
+    out += [_split(D, 1)[0], _split(db, 1)[0]]
+    return out + list(z.stride() if z is not None else (0, 0, 0))
+
+
 class ScanSpec:
     """What one launch computes: ``ndir`` scans per (channel block, batch row) -- 1 (plain), 2
     (bidirectional: direction 1 walks backwards) or 4 (cross-scan routes, ``mode=1`` with the image's
@@ -443,18 +454,10 @@ class RowsFn(torch.autograd.Function):
             h0 = h0.float().contiguous()
         dummy = out
         if l > 0:
-            su_r, su = _split(u, 3)
-            sdt_r, sdt = _split(delta, 3)
-            sA_r, sA = _split(A, 2)
-            sB_r, sB = _split(B, 4)
-            sC_r, sC = _split(C, 4)
-            sD_r = _split(D, 1)[0]
-            sdb_r = _split(db, 1)[0]
-            zs = z.stride() if z is not None else (0, 0, 0)
             _rows_fwd_kernel[(triton.cdiv(d, bdf), b)](
                 u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
                 db if db is not None else dummy, h0 if h0 is not None else dummy, out, hT, ck,
-                su_r, *su, sdt_r, *sdt, sA_r, *sA, sB_r, *sB, sC_r, *sC, sD_r, sdb_r, *zs, so_r, *out.stride()[-3:],
+                *_input_strides(u, delta, A, B, C, D, db, z), so_r, *out.stride()[-3:],
                 b, d, l, n, d // gB, d // gC, nck, spec.H, spec.W,
                 NDIR=R, MODE=spec.mode, REV=spec.rev, ACC_OUT=spec.acc_out and R > 1, HAS_D=D is not None,
                 HAS_Z=z is not None, HAS_DB=db is not None, SOFTPLUS=spec.softplus, HAS_H0=h0 is not None,
@@ -499,19 +502,11 @@ class RowsFn(torch.autograd.Function):
                 dh0.copy_(dhT.view(dh0.shape) if has_dhT else torch.zeros_like(dh0))
         else:
             dummy = dA
-            su_r, su = _split(u, 3)
-            sdt_r, sdt = _split(delta, 3)
-            sA_r, sA = _split(A, 2)
-            sB_r, sB = _split(B, 4)
-            sC_r, sC = _split(C, 4)
-            sD_r = _split(D, 1)[0]
-            sdb_r = _split(db, 1)[0]
             sdB_r, sdB = _split(dB, 4)
             sdC_r, sdC = _split(dC, 4)
             sdo_r, sdo = _split(dout, 3)
             sdu_r, sdu = _split(du, 3)
             sddt_r, sddt = _split(ddt, 3)
-            zs = z.stride() if z is not None else (0, 0, 0)
             dzs = dz.stride() if dz is not None else (0, 0, 0)
             _rows_bwd_kernel[(triton.cdiv(d, bdb), b)](
                 u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
@@ -519,7 +514,7 @@ class RowsFn(torch.autograd.Function):
                 du, ddt, dz if dz is not None else dummy, dA, dB, dC,
                 dD if dD is not None else dummy, ddb if ddb is not None else dummy,
                 dh0 if dh0 is not None else dummy,
-                su_r, *su, sdt_r, *sdt, sA_r, *sA, sB_r, *sB, sC_r, *sC, sD_r, sdb_r, *zs,
+                *_input_strides(u, delta, A, B, C, D, db, z),
                 sdB_r, *sdB[:3], sdC_r, *sdC[:3], sdo_r, *sdo, sdu_r, *sdu, sddt_r, *sddt, *dzs,
                 b, d, l, n, d // gB, d // gC, nck, spec.H, spec.W,
                 NDIR=R, MODE=spec.mode, REV=spec.rev, ACC_DU=R > 1 and u.dim() == 3,

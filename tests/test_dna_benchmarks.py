@@ -4,7 +4,6 @@ fine-tuned from its checkpoint)."""
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import math
 import shutil
@@ -17,7 +16,6 @@ pytest.importorskip("pyfaidx")
 
 from mambaverse.genomics import FastaDataModule, GenomicsDataError  # noqa: E402
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 LAMBDA = Path("/usr/share/doc/bowtie2/examples/reference/lambda_virus.fa.gz")
 NEEDED = [LAMBDA, Path("/usr/share/doc/smalt/test/data/hs37chrXtrunc.fa.gz"),
           Path("/usr/share/doc/smalt/test/data/genome_1.fa.gz"), Path("/usr/share/doc/smalt/test/data/cigar_ref.fa.gz"),
@@ -29,13 +27,6 @@ for _p in NEEDED:
         pytest.skip(f"real FASTA {_p} not installed (apt-get install ragout-examples smalt-examples kleborate-examples "
                     f"bowtie2-examples)",
                     allow_module_level=True)
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +101,8 @@ def test_named_split_holds_out_records_by_name(tmp_path, cache):
         FastaDataModule({"x": [str(fa)]}, split="named", split_records={"train": "MAL1"})
 
 
-def test_fold_keeps_every_target_once():
-    pre = _load("dna_pretrain_context")
+def test_fold_keeps_every_target_once(load_benchmark):
+    pre = load_benchmark("dna_pretrain_context")
     ids = torch.arange(2 * 16 + 2).reshape(2, 17)
     pieces = pre.fold(ids, 4)
     assert pieces.shape == (8, 5)
@@ -122,10 +113,10 @@ def test_fold_keeps_every_target_once():
         pre.fold(ids, 5)
 
 
-def test_held_out_targets_are_the_same_at_every_length_and_half_mode_has_half_the_context(cache):
+def test_held_out_targets_are_the_same_at_every_length_and_half_mode_has_half_the_context(cache, load_benchmark):
     """Both evaluations score exactly the held-out bases [first, first + tiles * T) at every L; the
     context >= L/2 mode's sequences start L/2 bases earlier and score only their second half."""
-    pre = _load("dna_pretrain_context")
+    pre = load_benchmark("dna_pretrain_context")
     T = 2048
     dm = FastaDataModule({"lambda": [str(LAMBDA)]}, window=T + 1, batch_size=1, split="region",
                          split_fractions=(0.8, 0.2, 0.0), val_windows=0, test_windows=0, cache_dir=cache)
@@ -145,8 +136,8 @@ def test_held_out_targets_are_the_same_at_every_length_and_half_mode_has_half_th
         assert start >= a and torch.equal(halves[0], full[start:start + L + 1])
 
 
-def test_runs_are_shared_by_cost_and_the_plan_fits_every_worker():
-    pre = _load("dna_pretrain_context")
+def test_runs_are_shared_by_cost_and_the_plan_fits_every_worker(load_benchmark):
+    pre = load_benchmark("dna_pretrain_context")
     runs = [(1024, 0), (2 ** 20, 0), (2 ** 20, 1), (1024, 1), (2 ** 16, 0), (2 ** 12, 0), (2 ** 18, 0), (2 ** 14, 0)]
     sps = {1024: 0.6, 2 ** 12: 0.62, 2 ** 14: 0.64, 2 ** 16: 0.66, 2 ** 18: 0.68, 2 ** 20: 0.7}
     shares = pre.assign_runs(runs, {r: sps[r[0]] * 100 + 10 for r in runs}, 2)
@@ -163,9 +154,9 @@ def test_runs_are_shared_by_cost_and_the_plan_fits_every_worker():
         pre.parse_gpus("0,x")
 
 
-def test_worker_sees_only_its_gpu(monkeypatch):
+def test_worker_sees_only_its_gpu(monkeypatch, load_benchmark):
     """A --gpus index counts the GPUs this process sees: under CUDA_VISIBLE_DEVICES=4,5, worker 1 gets GPU 5."""
-    pre = _load("dna_pretrain_context")
+    pre = load_benchmark("dna_pretrain_context")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
     assert [(e["CUDA_VISIBLE_DEVICES"], d) for e, d in map(pre.worker_env, ["0", "1"])] == [("4", "cuda"), ("5", "cuda")]
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
@@ -174,12 +165,12 @@ def test_worker_sees_only_its_gpu(monkeypatch):
     assert pre.worker_env("cpu")[1] == "cpu"
 
 
-def test_tiny_pretraining_then_sweep_end_to_end(tmp_path, cache):
+def test_tiny_pretraining_then_sweep_end_to_end(tmp_path, cache, load_benchmark):
     """Both scripts with --tiny on real chrX, Plasmodium and S. aureus FASTA: pretraining through two worker
     processes (--gpus cpu,cpu: the multi-GPU path on CPU) merged into one results file, the same held-out
     bases at every length, a checkpoint (written by the worker that ran the longest length) that the sweep's
     pretrained runs load, and a time cap that leaves a results file whose rows say they were not run."""
-    pre, sweep = _load("dna_pretrain_context"), _load("dna_context_sweep")
+    pre, sweep = load_benchmark("dna_pretrain_context"), load_benchmark("dna_context_sweep")
     out, ckpt = tmp_path / "results", tmp_path / "chrX.ckpt"
     assert pre.main(["--tiny", "--gpus", "cpu,cpu", "--out", str(out), "--save-ckpt", str(ckpt), "--cache-dir", cache,
                      "--work-dir", str(tmp_path / "runs")]) == 0
@@ -232,10 +223,11 @@ def test_tiny_pretraining_then_sweep_end_to_end(tmp_path, cache):
     assert all((tmp_path / "cut" / f"dna_pretrain_context_cut.{e}").exists() for e in ("md", "png"))
 
 
-def test_stage_data_copies_only_what_a_script_reads_and_xz_copies_read_the_same(tmp_path, cache, monkeypatch):
+def test_stage_data_copies_only_what_a_script_reads_and_xz_copies_read_the_same(tmp_path, cache, monkeypatch,
+                                                                                load_benchmark):
     """--stage-data: the named files only (stale copies of the others removed, other files kept); --stage-xz: a
     gzip file recompressed to .xz, found by data_path under its .gz name, and read back base for base."""
-    common = _load("dna_common")
+    common = load_benchmark("dna_common")
     other = tmp_path / "other.fa.gz"
     shutil.copyfile(LAMBDA, other)
     monkeypatch.setattr(common, "DATA", {"lambda_virus.fa.gz": LAMBDA, "other.fa.gz": other})

@@ -3,9 +3,7 @@ cross-scan ops end in one line naming the option or tensor, before any work, nev
 silently different result."""
 from __future__ import annotations
 
-import importlib.util
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,24 +11,15 @@ import torch
 from mambaverse.errors import BackendUnavailableError, MambaverseError, ShapeError
 from mambaverse.ops import bidirectional_scan, cross_selective_scan
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+@pytest.fixture(scope="module")
+def pre(load_benchmark):
+    return load_benchmark("dna_pretrain_context")
 
 
 @pytest.fixture(scope="module")
-def pre():
-    return _load("dna_pretrain_context")
-
-
-@pytest.fixture(scope="module")
-def sweep():
-    return _load("dna_context_sweep")
+def sweep(load_benchmark):
+    return load_benchmark("dna_context_sweep")
 
 
 def _exit_message(fn, *args) -> str:
