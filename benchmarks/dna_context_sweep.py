@@ -14,8 +14,9 @@ every held-out base out of training.
   class only adds windows that are easy at every length.)
 * ``plasmodium``: P. falciparum (``genome_1.fa.gz``, 14 chromosomes) against P. knowlesi (``cigar_ref.fa.gz``,
   contigs named ``Pk.<chromosome>.<n>``), split by chromosome (``split: named``): chromosomes 4, 8 and 12 of
-  both species are held out whole. Honest and context helps, but it is near its ceiling at 1 kb (0.92 in the
-  46-step H200 run), so it cannot show 10 points; it is kept as the second task.
+  both species are held out whole. Honest and context helps, but it is near its ceiling at 1 kb (its Markov
+  anchor is already at 0.98 there, ``dna_context_sweep_anchor_cpu.md``), so it cannot show 10 points; it is kept
+  as the second task.
 * ``strains`` (five S. aureus), ``vcholerae4`` (four V. cholerae) and ``kpneumoniae4`` (four K. pneumoniae):
   strains of one species, split by random non-overlapping blocks of ``--block-size`` bases across each genome
   (20% of each genome's blocks held out). Not run by default: the genomes are ~99% identical, what tells a strain
@@ -304,8 +305,8 @@ TASK_CHOICE = [
     "held-out region is in training. The Markov-classifier anchor shows the room: how far composition alone gets "
     "at each length (`dna_context_sweep_anchor_cpu.md` has it for every candidate task).",
     "- **plasmodium** (P. falciparum vs P. knowlesi, held-out chromosomes): honest and context helps, but it starts "
-    "near its ceiling (0.92 at 2^10 in the 46-step H200 run; the anchor is higher still), so it cannot show 10 "
-    "points; kept as the second task.",
+    "near its ceiling at 2^10 (see its rows and the anchor's above), so it cannot show 10 points; kept as the "
+    "second task.",
     "- **strains of one species** (five S. aureus, four V. cholerae, four K. pneumoniae; random-block split) are not "
     "run on the GPU: ~99% identical genomes, the held-out strain's own alleles in a held-out block were never in "
     "training while the other strains' copies of that locus were, so memorisation points to a wrong strain. "
