@@ -11,6 +11,8 @@ split; otherwise the files are split at random by ``val_fraction``/``test_fracti
 """
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from pathlib import Path
 
@@ -31,14 +33,35 @@ MIN_RATE, MAX_RATE = 8000, 48000
 _SPLIT_NAMES = {"train": "train", "valid": "val", "val": "val", "validation": "val", "test": "test"}
 
 
+def _check_levels(fn: str, quantization_channels) -> None:
+    if (isinstance(quantization_channels, bool) or not isinstance(quantization_channels, numbers.Integral)
+            or not 2 <= quantization_channels <= MAX_QUANTIZATION_CHANNELS):
+        raise AudioDataError(f"{fn}: quantization_channels={quantization_channels!r}; expected an integer in "
+                             f"[2, {MAX_QUANTIZATION_CHANNELS}]")
+
+
 def mu_law_encode(audio: torch.Tensor, quantization_channels: int = 256) -> torch.Tensor:
     """Float waveform in [-1, 1] (any shape) -> int64 codes in [0, quantization_channels) (torchaudio's mu-law).
-    Values outside [-1, 1] are clipped first."""
-    return AF.mu_law_encoding(audio.clamp(-1.0, 1.0), quantization_channels)
+    Values outside [-1, 1] are clipped first. Raises AudioDataError for NaN samples (they have no code) or
+    ``quantization_channels`` outside [2, 65536]."""
+    _check_levels("mu_law_encode", quantization_channels)
+    if audio.is_floating_point() and bool(torch.isnan(audio).any()):  # NaN would become code -2**63
+        raise AudioDataError(f"mu_law_encode: audio of shape {tuple(audio.shape)} holds NaN samples; "
+                             f"expected finite samples in [-1, 1]")
+    return AF.mu_law_encoding((audio if audio.is_floating_point() else audio.float()).clamp(-1.0, 1.0),
+                              quantization_channels)
 
 
 def mu_law_decode(codes: torch.Tensor, quantization_channels: int = 256) -> torch.Tensor:
-    """int codes in [0, quantization_channels) (any shape) -> float32 waveform in [-1, 1]."""
+    """int codes in [0, quantization_channels) (any shape) -> float32 waveform in [-1, 1].
+    Raises AudioDataError for float codes or codes outside [0, quantization_channels) (they would decode to
+    amplitudes outside [-1, 1])."""
+    _check_levels("mu_law_decode", quantization_channels)
+    if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+        raise AudioDataError(f"mu_law_decode: codes have dtype {codes.dtype}; expected integer mu-law codes")
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= quantization_channels):
+        raise AudioDataError(f"mu_law_decode: codes span [{int(codes.min())}, {int(codes.max())}]; expected codes "
+                             f"in [0, {quantization_channels}) for quantization_channels={quantization_channels}")
     return AF.mu_law_decoding(codes, quantization_channels)
 
 
@@ -200,12 +223,17 @@ class WavDataModule(ResumableSampling, pl.LightningDataModule):
         if not MIN_RATE <= sample_rate <= MAX_RATE:
             raise AudioDataError(f"sample_rate={sample_rate}; expected {MIN_RATE} to {MAX_RATE} Hz")
         self.root, self.sample_rate = Path(root), sample_rate
+        if isinstance(clip_seconds, bool) or not isinstance(clip_seconds, (int, float)) \
+                or not math.isfinite(clip_seconds):  # round() of NaN/inf raises deep in the constructor
+            raise AudioDataError(f"data.clip_seconds: got {clip_seconds!r}; expected a positive finite number")
         self.length = round(clip_seconds * sample_rate)
         if self.length < 1:
             raise AudioDataError(f"clip_seconds={clip_seconds}; expected a positive clip length")
         for key, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
                                 ("quantization_channels", quantization_channels, 2)):
             check_int(f"data.{key}", value, low, AudioDataError)
+        if max_files is not None:  # 0 would mean "all", a negative count would drop files silently
+            check_int("data.max_files", max_files, 1, AudioDataError)
         if quantization_channels > MAX_QUANTIZATION_CHANNELS:
             raise AudioDataError(f"data.quantization_channels: got {quantization_channels}; expected an integer in "
                                  f"[2, {MAX_QUANTIZATION_CHANNELS}] (16-bit mu-law at most)")

@@ -12,6 +12,7 @@ with the standard library's ``wave``: neither soundfile nor omegaconf is needed.
 from __future__ import annotations
 
 import argparse
+import math
 import pickle
 import sys
 import time
@@ -23,7 +24,7 @@ import torch
 import yaml
 
 from mambaverse.atomic import atomic_write, check_writable_dir
-from mambaverse.errors import OutputPathError
+from mambaverse.errors import MambaverseError
 from .errors import AudioDataError
 
 
@@ -139,6 +140,24 @@ def generate_clips(net, number: int, length: int, labels: torch.Tensor | None, t
     return torch.cat(out), rate
 
 
+def parse_device(name: str) -> torch.device:
+    """'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N' -> a torch.device that exists here;
+    AudioDataError (one line) for a name torch does not know or a CUDA device this machine lacks."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise AudioDataError(f"--device {name}: not a device name; expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type not in ("cpu", "cuda"):
+        raise AudioDataError(f"--device {name}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
+        raise AudioDataError(f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible); "
+                             f"expected 'cpu' or 'auto'")
+    return device
+
+
 def main(argv: list[str] | None = None) -> int:
     """``mambaverse generate``: see the module docstring."""
     parser = argparse.ArgumentParser(prog="mambaverse generate", description=__doc__.split("\n\n")[0])
@@ -165,12 +184,14 @@ def main(argv: list[str] | None = None) -> int:
         task = load_task(args.ckpt_path)
         rate = int(data_args.get("sample_rate", task.sample_rate))
         seconds = args.seconds if args.seconds is not None else float(data_args.get("clip_seconds", 1.0))
-        length = round(seconds * rate)
-        if length < 1 or args.number < 1:
+        if not math.isfinite(seconds) or round(seconds * rate) < 1 or args.number < 1:
             raise AudioDataError(f"--seconds {seconds} --number {args.number}; expected positive values")
-        if not 0 < args.top_p <= 1 or args.temperature < 0:
+        length = round(seconds * rate)
+        if args.batch_size < 1:
+            raise AudioDataError(f"--batch_size {args.batch_size}; expected a positive number of streams")
+        if not 0 < args.top_p <= 1 or not args.temperature >= 0 or not math.isfinite(args.temperature):
             raise AudioDataError(f"--top_p {args.top_p} --temperature {args.temperature}; expected 0 < top_p <= 1 "
-                                 f"and temperature >= 0")
+                                 f"and a finite temperature >= 0")
         if args.digit is not None and not task.conditional:
             raise AudioDataError(f"--digit {args.digit}: this checkpoint's model is unconditional; "
                                  f"train with model.init_args.conditional: true to ask for a digit")
@@ -180,13 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         if task.conditional:
             labels = (torch.full((args.number,), args.digit) if args.digit is not None
                       else torch.arange(args.number) % 10)
-        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                              "cpu" if args.device == "auto" else args.device)
+        device = parse_device(args.device)
         use_graph = device.type == "cuda" and args.cuda_graph != "off"
         net = task.net.to(device)
         codes, sps = generate_clips(net, args.number, length, labels, args.temperature, args.top_p, args.seed,
                                     device, args.batch_size, use_graph)
-    except (AudioDataError, OutputPathError) as err:
+    except MambaverseError as err:  # the model's own checks (ShapeError) as well as ours
         print(f"mambaverse: error: {err}", file=sys.stderr)
         return 2
     from .data import mu_law_decode

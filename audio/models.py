@@ -22,6 +22,7 @@ samples, so a step costs O(1) and the prefix is never re-run.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn as nn
@@ -146,6 +147,23 @@ class SaShiMiMamba(nn.Module):
         if self.cond is not None and (labels is None or labels.shape != (codes.shape[0],)):
             raise ShapeError(f"SaShiMiMamba: a class-conditional model needs labels of shape ({codes.shape[0]},); "
                              f"got {None if labels is None else tuple(labels.shape)}")
+        if not torch.compiler.is_compiling() and codes.numel():  # an embedding lookup out of range fails deep in
+            lo, hi = int(codes.min()), int(codes.max())           # torch (a device assert on CUDA)
+            if lo < 0 or hi >= self.n_classes:
+                raise ShapeError(f"SaShiMiMamba: codes span [{lo}, {hi}]; expected mu-law codes in "
+                                 f"[0, {self.n_classes})")
+        if labels is not None and not torch.compiler.is_compiling():
+            self._check_labels("SaShiMiMamba", labels, codes.shape[0])
+
+    def _check_labels(self, where, labels, batch):
+        if self.cond is None:  # labels would be ignored: a silently unconditional sample
+            raise ShapeError(f"{where}: got labels, but this model is unconditional (n_conditions=0); expected none")
+        if labels.is_floating_point() or labels.is_complex() or labels.shape != (batch,):
+            raise ShapeError(f"{where}: labels have shape {tuple(labels.shape)} dtype {labels.dtype}; expected "
+                             f"({batch},) integer labels")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.n_conditions):
+            raise ShapeError(f"{where}: labels span [{int(labels.min())}, {int(labels.max())}]; expected labels in "
+                             f"[0, {self.n_conditions})")
 
     def _add_cond(self, x, i, labels):
         if self.cond is None:
@@ -230,10 +248,21 @@ class SaShiMiMamba(nn.Module):
         graph covers them all. Sampling then uses the default CUDA generator (seed it with torch.manual_seed).
         """
         device = self.embed.weight.device
+        if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1 \
+                or isinstance(length, bool) or not isinstance(length, numbers.Integral) or length < 0:
+            raise ShapeError(f"SaShiMiMamba.generate: batch={batch!r}, length={length!r}; expected an integer batch "
+                             f">= 1 and length >= 0")
+        # NaN would make every logit NaN and argmax return code 0: a silent full-scale clip, not an error
+        if not (isinstance(temperature, numbers.Real) and math.isfinite(temperature) and temperature >= 0):
+            raise ShapeError(f"SaShiMiMamba.generate: temperature={temperature!r}; expected a finite number >= 0 "
+                             f"(0 = greedy)")
+        if not (isinstance(top_p, numbers.Real) and 0 < top_p <= 1):
+            raise ShapeError(f"SaShiMiMamba.generate: top_p={top_p!r}; expected a number in (0, 1]")
         if self.cond is not None and labels is None:
             raise ShapeError("SaShiMiMamba.generate: this model is class-conditional; pass labels (batch,)")
         if labels is not None:
-            labels = labels.to(device).long().reshape(batch)
+            self._check_labels("SaShiMiMamba.generate", torch.as_tensor(labels), batch)
+            labels = torch.as_tensor(labels).to(device).long().reshape(batch)
         cache = self.allocate_cache(batch, device)
         prev = torch.full((batch,), self.start_code, dtype=torch.long, device=device)
         out = torch.empty(batch, length, dtype=torch.long, device=device)

@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from . import atomic as _atomic
-from .errors import ConfigError
+from .errors import ConfigError, MambaverseError
 from .pretrained import lm as _lm  # noqa: F401  (registers the MambaLM builder that conversions build)
 from .registry import get_builder
 
@@ -98,6 +98,9 @@ def _build_ours(config: dict, config_path: Path, weights_path: Path, overrides: 
     if not weights_path.is_file():
         raise ConfigError(f"from_pretrained: {weights_path} is missing; expected {WEIGHTS} beside {config_path.name}")
     config = {k: v for k, v in config.items() if k not in _META_KEYS}
+    if not isinstance(config.get("builder"), str):
+        raise ConfigError(f"from_pretrained: {config_path} has builder={config.get('builder')!r}; expected the name "
+                          f"of a builder class, e.g. 'CausalBackbone'")
     cls = get_builder(config.pop("builder"))
     preset_name = config.pop("preset", None)
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
@@ -109,7 +112,14 @@ def _build_ours(config: dict, config_path: Path, weights_path: Path, overrides: 
     if unknown:
         raise ConfigError(f"from_pretrained: unknown override(s) {unknown} for {cls.__name__}; "
                           f"expected some of {sorted(accepted)}")
-    model = cls(**{**config, **overrides})
+    try:
+        model = cls(**{**config, **overrides})
+    except MambaverseError:  # the builder's own one-line check already names the key
+        raise
+    except (TypeError, ValueError) as err:  # a value of the wrong type (e.g. d_model: "16") fails deep in torch
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ConfigError(f"from_pretrained: {config_path} cannot build {cls.__name__} from its values "
+                          f"({type(err).__name__}: {first}); expected the types save_pretrained wrote") from None
     if preset_name:
         model.config["preset"] = preset_name
     try:

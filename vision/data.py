@@ -403,6 +403,11 @@ class FashionMNISTDataModule(_ClassificationData):
                          std if std is not None else ((0.353,) if gray else (0.353,) * 3),
                          {"scale": (0.7, 1.0), "ratio": (0.9, 1.1), "color_jitter": 0.0, **(train_transform or {})},
                          1.0, mixup_alpha, cutmix_alpha, label_smoothing, seed)
+        # sklearn's split would fail deep inside (or a subset of 0 would train on nothing): check up front
+        check_int("data.val_size", val_size, 1, VisionDataError)
+        for key, value in (("train_subset", train_subset), ("test_subset", test_subset)):
+            if value is not None:
+                check_int(f"data.{key}", value, 1, VisionDataError)
         self.root, self.val_size = Path(root), val_size
         self.train_subset, self.test_subset = train_subset, test_subset
         self.classes = list(FASHION_MNIST_CLASSES)
@@ -427,6 +432,9 @@ class FashionMNISTDataModule(_ClassificationData):
         self._make_mixup()
         train_tf, eval_tf = self.transforms(True), self.transforms(False)
         images, labels = self._load("train")
+        if self.val_size >= len(labels):
+            raise VisionDataError(f"data.val_size: got {self.val_size}; expected fewer than the {len(labels)} images "
+                                  f"of {self.root / 'train-images-idx3-ubyte.gz'} (the rest train)")
         train_idx, val_idx = _split_indices(labels, [1 - self.val_size / len(labels), self.val_size / len(labels)], self.seed)
         train_idx = train_idx[self._subset(labels[train_idx], self.train_subset, self.seed)]
         self.train_set = ImageSamples([(images[i], int(labels[i])) for i in train_idx], self.in_chans, train_tf)

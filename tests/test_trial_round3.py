@@ -1,0 +1,247 @@
+"""Trial round 3: audio, vision, pretrained folders and the CLI, tried as a new user would and with bad input.
+
+Each test builds real input under tmp_path (WAVs with soundfile, IDX gzip files, checkpoints written with
+torch.save, save_pretrained folders, YAML configs) and checks that a bad value is a one-line MambaverseError
+naming the argument, key or file, never a crash deep in torch nor silently wrong output.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import shutil
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+import mambaverse as mv
+from mambaverse.errors import ConfigError, MambaverseError
+
+audio = pytest.importorskip("mambaverse.audio")
+
+
+def _one_line(err, *needles):
+    text = str(err.value)
+    assert isinstance(err.value, MambaverseError)
+    assert "\n" not in text, text
+    for needle in needles:
+        assert needle in text, text
+
+
+# ------------------------------------------------------------------------------------------ mu-law
+@pytest.mark.parametrize("codes, needle", [
+    (torch.tensor([300, 5]), "span [5, 300]"),                 # decoded to an amplitude of 7.1, not an error
+    (torch.tensor([-5, 255]), "span [-5, 255]"),
+    (torch.tensor([0.5, 128.0]), "dtype torch.float32"),       # float codes were decoded as if integers
+])
+def test_mu_law_decode_refuses_codes_outside_its_levels(codes, needle):
+    with pytest.raises(audio.AudioDataError) as err:
+        audio.mu_law_decode(codes)
+    _one_line(err, "mu_law_decode", needle)
+
+
+def test_mu_law_encode_refuses_nan_and_bad_levels():
+    with pytest.raises(audio.AudioDataError) as err:  # NaN became code -2**63
+        audio.mu_law_encode(torch.tensor([0.1, float("nan")]))
+    _one_line(err, "mu_law_encode", "NaN")
+    for levels in (1, 0, 2.5):
+        with pytest.raises(audio.AudioDataError) as err:
+            audio.mu_law_encode(torch.zeros(3), levels)
+        _one_line(err, f"quantization_channels={levels!r}")
+    with pytest.raises(audio.AudioDataError) as err:
+        audio.mu_law_decode(torch.zeros(3, dtype=torch.long), 0)
+    _one_line(err, "quantization_channels=0")
+    # what stays valid: clipping, every code round trips, the extremes decode to +-1
+    assert audio.mu_law_encode(torch.tensor([-3.0, 3.0])).tolist() == [0, 255]
+    codes = torch.arange(256)
+    assert torch.equal(audio.mu_law_encode(audio.mu_law_decode(codes)), codes)
+    assert audio.mu_law_decode(torch.tensor([0, 255], dtype=torch.uint8)).abs().max() <= 1.0
+
+
+# ------------------------------------------------------------------------------------------ WAV folders
+def _wav(path, data, rate=16000, subtype=None):
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, data, rate, subtype=subtype)
+    return path
+
+
+def _wav_folder(root):
+    t = np.arange(4000) / 8000
+    for i, rate in enumerate((8000, 22050, 44100)):  # mixed rates, one stereo 24-bit file
+        x = 0.3 * np.sin(2 * np.pi * 300 * np.arange(int(rate * 0.5)) / rate)
+        _wav(root / str(i) / f"c{i}.wav", np.stack([x, -x], 1) if i == 1 else x, rate, "PCM_24" if i == 1 else None)
+    _wav(root / "3" / "c3.wav", 0.2 * np.sin(2 * np.pi * 440 * t), 8000)
+    return root
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"max_files": -1}, "data.max_files: got -1"),   # kept all but one file of every split, silently
+    ({"max_files": 0}, "data.max_files: got 0"),     # meant "all files"
+    ({"clip_seconds": float("nan")}, "data.clip_seconds: got nan"),   # a ValueError from round() in the CLI
+    ({"clip_seconds": float("inf")}, "data.clip_seconds: got inf"),
+])
+def test_wav_datamodule_rejects_bad_counts_and_lengths(tmp_path, kwargs, needle):
+    with pytest.raises(audio.AudioDataError) as err:
+        audio.WavDataModule(str(_wav_folder(tmp_path / "w")), **kwargs)
+    _one_line(err, needle)
+
+
+def test_wav_folder_of_mixed_rates_and_channels_loads(tmp_path):
+    dm = audio.WavDataModule(str(_wav_folder(tmp_path / "w")), clip_seconds=0.25, val_fraction=0.25,
+                             test_fraction=0.25, batch_size=2, max_files=2)
+    dm.setup()
+    codes, labels = next(iter(dm.train_dataloader()))
+    assert codes.shape == (2, 4000) and codes.dtype == torch.int64 and 0 <= int(codes.min()) <= int(codes.max()) < 256
+    assert set(labels.tolist()) <= {0, 1, 2, 3}
+
+
+# ------------------------------------------------------------------------------------------ generation (API)
+@pytest.fixture(scope="module")
+def cond_net():
+    torch.manual_seed(0)
+    return mv.create_model("sashimi_mamba_tiny", n_conditions=10).eval()
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"temperature": float("nan")}, "temperature=nan"),   # every code came out 0 (full-scale negative)
+    ({"temperature": -1.0}, "temperature=-1.0"),           # silently greedy
+    ({"top_p": 0.0}, "top_p=0.0"),                          # silently greedy
+    ({"top_p": float("nan")}, "top_p=nan"),                 # silently no nucleus
+    ({"batch": 0, "labels": torch.zeros(0, dtype=torch.long)}, "batch=0"),
+    ({"length": -1}, "length=-1"),
+    ({"labels": torch.tensor([12, 1])}, "labels span [1, 12]"),   # IndexError deep in nn.Embedding
+    ({"labels": torch.tensor([-1, 1])}, "labels span [-1, 1]"),
+    ({"labels": torch.tensor([1, 1, 1])}, "labels have shape (3,)"),
+    ({"labels": torch.tensor([1.7, 1.0])}, "dtype torch.float32"),  # was truncated to 1 silently
+])
+def test_generate_refuses_bad_arguments(cond_net, kwargs, needle):
+    args = {"batch": 2, "length": 4, "labels": torch.tensor([1, 2]), **kwargs}
+    with pytest.raises(MambaverseError) as err:
+        cond_net.generate(**args)
+    _one_line(err, "SaShiMiMamba.generate", needle)
+
+
+def test_labels_for_an_unconditional_model_and_codes_out_of_range_are_refused():
+    net = mv.create_model("sashimi_mamba_tiny").eval()
+    with pytest.raises(MambaverseError) as err:  # the labels were ignored: an unconditional sample
+        net.generate(2, 4, torch.tensor([1, 2]))
+    _one_line(err, "unconditional")
+    for bad, needle in ((300, "span [300, 300]"), (-1, "span [-1, -1]"), (256, "span [256, 256]")):
+        with pytest.raises(MambaverseError) as err:  # IndexError in nn.Embedding (256 is the start symbol)
+            net(torch.full((1, 16), bad))
+        _one_line(err, needle, "[0, 256)")
+    assert net.generate(2, 0).shape == (2, 0)
+    assert net(torch.full((1, 16), 255)).shape == (1, 16, 256)
+
+
+# ------------------------------------------------------------------------------------------ generation (CLI)
+@pytest.fixture(scope="module")
+def audio_ckpt(tmp_path_factory):
+    from mambaverse.audio.tasks import WaveformLM
+
+    t = tmp_path_factory.mktemp("gen")
+    task = WaveformLM(model="sashimi_mamba_tiny", conditional=True)
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, t / "m.ckpt")
+    (t / "cfg.yaml").write_text("data:\n  init_args:\n    sample_rate: 16000\n    clip_seconds: 1.0\n")
+    return t
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--batch_size", "0"], "--batch_size 0"),          # ValueError: range() arg 3 must not be zero
+    (["--batch_size", "-2"], "--batch_size -2"),        # torch.cat of an empty list
+    (["--seconds", "nan"], "--seconds nan"),             # ValueError from round()
+    (["--seconds", "inf"], "--seconds inf"),             # OverflowError
+    (["--temperature", "nan"], "--temperature nan"),     # wrote clips of code 0, no error
+    (["--device", "foo"], "--device foo"),               # RuntimeError from torch.device
+    (["--device", "cuda:7"], "--device cuda:7"),         # no such device here (a CPU machine: no driver)
+])
+def test_generate_cli_bad_values_are_one_line(audio_ckpt, capsys, extra, needle):
+    from mambaverse.audio.generate import main
+
+    out = audio_ckpt / "out"
+    rc = main(["--config", str(audio_ckpt / "cfg.yaml"), "--ckpt_path", str(audio_ckpt / "m.ckpt"), "-n", "2",
+               "--seconds", "0.002", "--out", str(out), *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and needle in err and "\n" not in err, err
+    assert not list(out.glob("*.wav"))
+
+
+def test_generate_cli_writes_clips(audio_ckpt, capsys):
+    import soundfile as sf
+    from mambaverse.audio.generate import main
+
+    out = audio_ckpt / "ok"
+    assert main(["--config", str(audio_ckpt / "cfg.yaml"), "--ckpt_path", str(audio_ckpt / "m.ckpt"), "-n", "2",
+                 "--seconds", "0.004", "--batch_size", "1", "--digit", "3", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    data, rate = sf.read(out / "sample_001_digit3.wav")
+    assert rate == 16000 and data.shape == (64,)
+
+
+# ------------------------------------------------------------------------------------------ Fashion-MNIST
+def _idx(path, array):
+    magic = {1: 0x801, 3: 0x803}[array.ndim]
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(">I", magic) + b"".join(struct.pack(">I", n) for n in array.shape))
+        f.write(array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fmnist(tmp_path):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        _idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        _idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return tmp_path
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"train_subset": -5}, "data.train_subset: got -5"),   # an empty training set: StopIteration
+    ({"train_subset": 0}, "data.train_subset: got 0"),
+    ({"test_subset": 0}, "data.test_subset: got 0"),
+    ({"val_size": -1}, "data.val_size: got -1"),           # a scikit-learn ValueError
+    ({"val_size": 40}, "data.val_size: got 40"),            # all 40 images held out: sklearn's error
+])
+def test_fashion_mnist_subsets_are_checked(fmnist, kwargs, needle):
+    from mambaverse.vision.data import FashionMNISTDataModule, VisionDataError
+
+    with pytest.raises(VisionDataError) as err:
+        FashionMNISTDataModule(str(fmnist), batch_size=4, **{"val_size": 10, **kwargs}).setup("fit")
+    _one_line(err, needle)
+    dm = FashionMNISTDataModule(str(fmnist), batch_size=4, val_size=10, train_subset=20, test_subset=10)
+    dm.setup("fit")
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (20, 10, 10)
+
+
+# ------------------------------------------------------------------------------------------ pretrained folders
+@pytest.fixture
+def saved(tmp_path):
+    mv.save_pretrained(mv.create_model("causal_tiny", d_model=16, n_layer=1), tmp_path / "a")
+    return tmp_path / "a"
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("d_model", "sixteen", "TypeError"),   # TypeError from torch.empty
+    ("builder", 5, "builder=5"),           # AttributeError: 'int' object has no attribute 'split'
+    ("builder", None, "builder=None"),
+])
+def test_config_json_values_of_the_wrong_type_are_one_line(saved, key, value, needle):
+    cfg = json.loads((saved / "config.json").read_text())
+    cfg[key] = value
+    (saved / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError) as err:
+        mv.from_pretrained(saved)
+    _one_line(err, str(saved / "config.json"), needle)
+
+
+def test_pretrained_round_trip_is_exact(saved):
+    model = mv.from_pretrained(saved)
+    again = mv.from_pretrained(mv.save_pretrained(model, saved.parent / "b"))
+    x = torch.randn(1, 8, 16)
+    assert torch.equal(model(x), again(x))
+    assert math.isfinite(float(again(x).detach().sum()))
+    shutil.rmtree(saved.parent / "b")
