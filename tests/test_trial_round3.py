@@ -245,3 +245,22 @@ def test_pretrained_round_trip_is_exact(saved):
     assert torch.equal(model(x), again(x))
     assert math.isfinite(float(again(x).detach().sum()))
     shutil.rmtree(saved.parent / "b")
+
+
+# ------------------------------------------------------------------------------------------ vision backbones
+@pytest.mark.parametrize("name, kwargs, needle", [
+    ("vim_tiny", {"img_size": 30}, "img_size=(30, 30)"),          # built, then refused its own 30x30 input
+    ("vim_tiny", {"img_size": 2}, "img_size=(2, 2)"),             # a position grid of 0 cells
+    ("vim_tiny", {"patch_size": 0}, "patch_size: got 0"),         # ZeroDivisionError
+    ("vim_tiny", {"in_chans": 0}, "in_chans: got 0"),             # built with an empty stem
+    ("vim_tiny", {"num_classes": -1}, "num_classes: got -1"),     # no head, silently
+    ("vmamba_tiny", {"patch_size": 0}, "patch_size: got 0"),
+    ("vmamba_tiny", {"num_classes": -2}, "num_classes: got -2"),
+])
+def test_vision_backbone_sizes_are_checked_when_built(name, kwargs, needle):
+    pytest.importorskip("mambaverse.vision")
+    with pytest.raises(ConfigError) as err:
+        mv.create_model(name, **kwargs)
+    _one_line(err, needle)
+    vim = mv.create_model("vim_tiny", embed_dim=16, depth=1, img_size=30, dynamic_img_pad=True, num_classes=0)
+    assert vim(torch.rand(1, 3, 30, 30)).shape == (1, 16)  # padded inputs stay allowed

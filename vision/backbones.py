@@ -30,6 +30,7 @@ from mambaverse.mixers import BidirectionalMamba, RMSNorm
 from mambaverse.backbones.stack import check_input_dtype
 from mambaverse.patch_scan import SS2D, check_image, pad_to_multiple
 from mambaverse.registry import builder
+from mambaverse.validation import check_int
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 
@@ -67,6 +68,7 @@ class _Classifier:
     _pools: tuple[str, ...] = ()
 
     def _init_head(self, num_classes: int, global_pool: str):
+        check_int(f"{type(self).__name__}: num_classes", num_classes, 0)  # 0 = no head; -1 gave no head silently
         if global_pool not in self._pools:
             raise ConfigError(f"{type(self).__name__}: global_pool={global_pool!r}; expected one of {self._pools}")
         self.num_classes, self.global_pool = num_classes, global_pool
@@ -87,6 +89,12 @@ class _Classifier:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images -> (B, num_classes) logits (or pooled features when num_classes == 0)."""
         return self.forward_head(self.forward_features(x))
+
+
+def _check_sizes(where: str, **sizes) -> None:
+    """Each size must be an integer >= 1 (patch_size 0 divided by zero, in_chans 0 built an empty stem)."""
+    for key, value in sizes.items():
+        check_int(f"{where}: {key}", value, 1)
 
 
 @builder
@@ -126,10 +134,17 @@ class VimBackbone(_Classifier, nn.Module):
                  norm_eps: float = 1e-5, backend: str = "auto", global_pool: str = "token", drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, dynamic_img_pad: bool = False):
         super().__init__()
+        _check_sizes("VimBackbone", patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth)
         self.patch_size, self.in_chans, self.embed_dim = patch_size, in_chans, embed_dim
         self.num_features = embed_dim
         self.dynamic_img_pad, self.grad_checkpointing = dynamic_img_pad, False
         img_size = to_2tuple(img_size)
+        # the position table is a grid of img_size // patch_size: a side that is no multiple would build a model
+        # that refuses its own default input (or, below one patch, a grid of 0 positions)
+        if not all(isinstance(side, int) and not isinstance(side, bool) and side >= patch_size
+                   and (dynamic_img_pad or side % patch_size == 0) for side in img_size):
+            raise ConfigError(f"VimBackbone: img_size={tuple(img_size)}; expected sides that are positive multiples of "
+                              f"patch_size={patch_size} (or dynamic_img_pad=True)")
         self.grid = (img_size[0] // patch_size, img_size[1] // patch_size)
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -300,6 +315,7 @@ class VMambaBackbone(_Classifier, nn.Module):
         dims, depths = tuple(dims), tuple(depths)
         if len(dims) != len(depths):
             raise ShapeError(f"VMambaBackbone: dims {dims} and depths {depths} must have the same length")
+        _check_sizes("VMambaBackbone", patch_size=patch_size, in_chans=in_chans)
         self.in_chans, self.patch_size = in_chans, patch_size
         self.num_features = dims[-1]
         self.dynamic_img_pad, self.grad_checkpointing = dynamic_img_pad, False
