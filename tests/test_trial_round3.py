@@ -264,3 +264,20 @@ def test_vision_backbone_sizes_are_checked_when_built(name, kwargs, needle):
     _one_line(err, needle)
     vim = mv.create_model("vim_tiny", embed_dim=16, depth=1, img_size=30, dynamic_img_pad=True, num_classes=0)
     assert vim(torch.rand(1, 3, 30, 30)).shape == (1, 16)  # padded inputs stay allowed
+
+
+def test_classifier_with_fewer_classes_than_its_data_fails_at_setup(fmnist, tmp_path):
+    """`fit` with model num_classes 5 on Fashion-MNIST's 10: 'Class values must be smaller than num_classes'
+    from torchmetrics, with a traceback, after the sanity check; now one line before any step."""
+    import lightning.pytorch as pl
+    from mambaverse.vision.data import FashionMNISTDataModule
+    from mambaverse.vision.tasks import ImageClassifier
+
+    dm = FashionMNISTDataModule(str(fmnist), batch_size=4, val_size=10)
+    model = ImageClassifier(num_classes=5, backbone="vim_tiny", in_chans=1,
+                            backbone_overrides={"img_size": 28, "embed_dim": 8, "depth": 1, "d_state": 4})
+    trainer = pl.Trainer(accelerator="cpu", fast_dev_run=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=str(tmp_path / "run"))
+    with pytest.raises(ConfigError) as err:
+        trainer.fit(model, dm)
+    _one_line(err, "num_classes: got 5", "has 10 classes")

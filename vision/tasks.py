@@ -88,6 +88,18 @@ class _VisionTask(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def setup(self, stage: str) -> None:
+        self.check_datamodule(getattr(self._trainer, "datamodule", None) if self._trainer is not None else None)
+
+    def check_datamodule(self, datamodule) -> None:
+        """Raise a one-line ConfigError if the data has more classes than the model's ``num_classes`` (a label past
+        the head fails deep in cross-entropy or the metrics). Lightning calls it at setup, after the datamodule's
+        own setup, through :meth:`setup`."""
+        n = getattr(datamodule, "num_classes", None)
+        if isinstance(n, int) and not isinstance(n, bool) and n > self.num_classes:
+            raise ConfigError(f"model.init_args.num_classes: got {self.num_classes}; the data "
+                              f"({type(datamodule).__name__}) has {n} classes; expected at least {n}")
+
     def _class_names(self, n: int) -> list[str]:
         if self.class_names:
             return list(self.class_names)
