@@ -270,9 +270,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from .data import WavDataModule
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    from .generate import parse_device
+
     try:
+        # up front, before minutes of classifier training: a bad count, device or samples folder is one line
+        for key, value in (("--nll_clips", args.nll_clips), ("--epochs", args.epochs)):
+            if value < 1:  # --nll_clips 0 divided by zero after the work
+                raise AudioDataError(f"{key} {value}; expected a positive integer")
+        device = parse_device(args.device)
+        for folder in args.samples:
+            if not Path(folder).is_dir():
+                raise AudioDataError(f"--samples {folder}: not a folder; expected a folder of generated WAVs")
         dm = WavDataModule(args.data, sample_rate=16000, clip_seconds=1.0)
         dm.setup()
         wav = {k: _decode(v.codes) for k, v in dm.splits.items()}

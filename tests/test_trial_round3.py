@@ -281,3 +281,19 @@ def test_classifier_with_fewer_classes_than_its_data_fails_at_setup(fmnist, tmp_
     with pytest.raises(ConfigError) as err:
         trainer.fit(model, dm)
     _one_line(err, "num_classes: got 5", "has 10 classes")
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--device", "foo"], "--device foo"),            # RuntimeError from torch.device
+    (["--nll_clips", "0"], "--nll_clips 0"),          # ZeroDivisionError after the classifier and the scoring
+    (["--epochs", "0"], "--epochs 0"),
+    (["--samples", "missing_folder"], "--samples missing_folder"),   # found only after scoring the real clips
+])
+def test_audio_metrics_bad_values_fail_before_any_work(tmp_path, capsys, extra, needle):
+    from mambaverse.audio.metrics import main
+
+    data = _wav_folder(tmp_path / "w")
+    rc = main(["--data", str(data), "--classifier", str(tmp_path / "clf"), *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and needle in err and "\n" not in err, err
+    assert not (tmp_path / "clf").exists()  # nothing trained
