@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import shutil
 import subprocess
 import sys
@@ -27,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mambaverse.atomic import atomic_write
+from mambaverse.atomic import atomic_write, check_writable_dir
+from mambaverse.errors import MambaverseError
 from mambaverse.validation import check_fraction, check_int
 from .errors import AudioDataError
 
@@ -183,13 +185,19 @@ def main(argv: list[str] | None = None) -> int:
                              "without soundfile, e.g. on a GPU machine)")
     args = parser.parse_args(argv)
     try:
+        # before minutes of synthesis: an --out or --pack that cannot be written is one line now
+        check_writable_dir(args.out, "--out")
+        if args.pack:
+            if Path(args.pack).is_dir():
+                raise AudioDataError(f"--pack {args.pack}: is a folder; expected the path of an .npz file to write")
+            check_writable_dir(Path(os.path.abspath(args.pack)).parent, f"--pack {args.pack}: its folder")
         manifest = build(args.out, args.voices, args.takes, args.seed, args.val_fraction, args.test_fraction,
                          args.workers)
         if args.pack:
             from .data import WavDataModule
 
             print(f"packed {WavDataModule(str(args.out)).save_packed(args.pack)}")
-    except AudioDataError as err:
+    except MambaverseError as err:  # AudioDataError, and OutputPathError from the folder checks
         print(f"mambaverse: error: {err}", file=sys.stderr)
         return 2
     counts = {}

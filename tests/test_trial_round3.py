@@ -297,3 +297,17 @@ def test_audio_metrics_bad_values_fail_before_any_work(tmp_path, capsys, extra, 
     err = capsys.readouterr().err.strip()
     assert rc == 2 and needle in err and "\n" not in err, err
     assert not (tmp_path / "clf").exists()  # nothing trained
+
+
+def test_audio_data_pack_that_is_a_folder_fails_before_synthesis(tmp_path, capsys):
+    """`audio-data --pack <a folder>` synthesised the whole set, then failed naming the folder's parent."""
+    from mambaverse.audio.synth import main
+
+    (tmp_path / "packs").mkdir()
+    rc = main(["--out", str(tmp_path / "set"), "--voices", "10", "--pack", str(tmp_path / "packs")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and f"--pack {tmp_path / 'packs'}: is a folder" in err, err
+    assert not list(tmp_path.rglob("*.wav"))
+    (tmp_path / "blocker").write_text("x")
+    assert main(["--out", str(tmp_path / "blocker" / "set"), "--voices", "10"]) == 2
+    assert "--out" in capsys.readouterr().err
