@@ -264,7 +264,13 @@ class WavDataModule(ResumableSampling, pl.LightningDataModule):
         else:
             files = list_wavs(self.root)
             order = rng.permutation(len(files))
-            n_test, n_val = int(self.test_fraction * len(files)), int(self.val_fraction * len(files))
+            # a non-zero fraction keeps at least one file (int() gave 0 of 5 files: no validation, only a warning)
+            n_test, n_val = (max(1, int(f * len(files))) if f > 0 else 0
+                             for f in (self.test_fraction, self.val_fraction))
+            if n_test + n_val >= len(files):
+                raise AudioDataError(f"root={self.root}: {len(files)} WAV file(s) leave none to train on after "
+                                     f"val_fraction={self.val_fraction} and test_fraction={self.test_fraction}; "
+                                     f"expected more files or smaller fractions")
             out = {"test": [files[i] for i in order[:n_test]], "val": [files[i] for i in order[n_test:n_test + n_val]],
                    "train": [files[i] for i in order[n_test + n_val:]]}
         if self.max_files:

@@ -311,3 +311,13 @@ def test_audio_data_pack_that_is_a_folder_fails_before_synthesis(tmp_path, capsy
     (tmp_path / "blocker").write_text("x")
     assert main(["--out", str(tmp_path / "blocker" / "set"), "--voices", "10"]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_small_wav_folder_keeps_a_validation_clip_and_refuses_an_empty_train_split(tmp_path):
+    """4 files with val/test fractions 0.1: int(0.4) gave no validation nor test clip, only Lightning's warning."""
+    dm = audio.WavDataModule(str(_wav_folder(tmp_path / "w")), clip_seconds=0.1)
+    dm.setup()
+    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 2, "val": 1, "test": 1}
+    with pytest.raises(audio.AudioDataError) as err:
+        audio.WavDataModule(str(tmp_path / "w"), clip_seconds=0.1, val_fraction=0.5, test_fraction=0.5).setup()
+    _one_line(err, "4 WAV file(s) leave none to train on")
