@@ -321,3 +321,15 @@ def test_small_wav_folder_keeps_a_validation_clip_and_refuses_an_empty_train_spl
     with pytest.raises(audio.AudioDataError) as err:
         audio.WavDataModule(str(tmp_path / "w"), clip_seconds=0.1, val_fraction=0.5, test_fraction=0.5).setup()
     _one_line(err, "4 WAV file(s) leave none to train on")
+
+
+@pytest.mark.parametrize("name, kwargs", [("vim_tiny", {"embed_dim": 16, "depth": 1}),
+                                          ("vmamba_tiny", {"dims": (8, 16), "depths": (1, 1)})])
+def test_reset_classifier_is_saved_with_the_model(tmp_path, name, kwargs):
+    """save_pretrained after reset_classifier(5) wrote the old num_classes: from_pretrained then refused it."""
+    pytest.importorskip("mambaverse.vision")
+    model = mv.create_model(name, **kwargs).eval()
+    model.reset_classifier(5, "avg")
+    loaded = mv.from_pretrained(mv.save_pretrained(model, tmp_path / "m")).eval()
+    x = torch.rand(1, 3, 32, 32)
+    assert loaded.global_pool == "avg" and torch.equal(model(x), loaded(x)) and loaded(x).shape == (1, 5)

@@ -81,6 +81,8 @@ class _Classifier:
     def reset_classifier(self, num_classes: int, global_pool: str | None = None):
         """New (randomly initialised) head for `num_classes` (0 = none, features out); optionally a new pooling."""
         self._init_head(num_classes, self.global_pool if global_pool is None else global_pool)
+        if isinstance(getattr(self, "config", None), dict):  # save_pretrained must rebuild the new head
+            self.config = {**self.config, "num_classes": num_classes, "global_pool": self.global_pool}
 
     def set_grad_checkpointing(self, enable: bool = True):
         """Recompute each block's activations in backward instead of storing them."""
