@@ -167,7 +167,14 @@ def from_pretrained(path, **overrides) -> nn.Module:
         if not kind:
             raise ConfigError(f"from_pretrained: {folder / CONFIG} is of no format we read (keys {sorted(config)[:8]}); "
                               "expected a mambaverse, mamba-ssm, transformers Mamba/Mamba2 or Caduceus config")
-        return load_foreign(folder, config, kind, overrides)
+        try:
+            return load_foreign(folder, config, kind, overrides)
+        except MambaverseError:
+            raise
+        except (TypeError, ValueError, AttributeError) as err:  # e.g. hidden_size: "16" or n_layer: null
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise ConfigError(f"from_pretrained: {folder / CONFIG} ({kind} format) holds a value of the wrong type "
+                              f"({type(err).__name__}: {first}); expected the types that format writes") from None
     if (folder / LEGACY_CONFIG).is_file():
         return _build_ours(_read_legacy(folder / LEGACY_CONFIG), folder / LEGACY_CONFIG, folder / WEIGHTS, overrides)
     raise ConfigError(f"from_pretrained: {folder / CONFIG} is missing; expected a folder from save_pretrained or a "

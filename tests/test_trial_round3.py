@@ -333,3 +333,20 @@ def test_reset_classifier_is_saved_with_the_model(tmp_path, name, kwargs):
     loaded = mv.from_pretrained(mv.save_pretrained(model, tmp_path / "m")).eval()
     x = torch.rand(1, 3, 32, 32)
     assert loaded.global_pool == "avg" and torch.equal(model(x), loaded(x)) and loaded(x).shape == (1, 5)
+
+
+@pytest.mark.parametrize("config, needle", [
+    ({"model_type": "mamba", "architectures": ["MambaForCausalLM"], "hidden_size": "16", "num_hidden_layers": 1,
+      "vocab_size": 10, "state_size": 4, "expand": 2, "conv_kernel": 4}, "transformers format"),   # TypeError
+    ({"d_model": 16, "n_layer": 1, "vocab_size": 10, "ssm_cfg": "abc"}, "mamba_ssm format"),        # ValueError
+    ({"model_type": "caduceus", "d_model": 16, "n_layer": None, "vocab_size": 12, "rcps": True,
+      "bidirectional": True}, "caduceus format"),                                                  # TypeError
+])
+def test_foreign_config_values_of_the_wrong_type_are_one_line(tmp_path, config, needle):
+    from safetensors.torch import save_file
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ConfigError) as err:
+        mv.from_pretrained(tmp_path)
+    _one_line(err, str(tmp_path / "config.json"), needle)
