@@ -11,6 +11,7 @@ import json
 import math
 import shutil
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -350,3 +351,22 @@ def test_foreign_config_values_of_the_wrong_type_are_one_line(tmp_path, config, 
     with pytest.raises(ConfigError) as err:
         mv.from_pretrained(tmp_path)
     _one_line(err, str(tmp_path / "config.json"), needle)
+
+
+def test_aal_slices_step_and_out_dir_are_checked(tmp_path, capsys):
+    """`aal-slices OUT --step 0`: range()'s ValueError; `--step -2` or `--step 1000`: an empty set written without
+    a word; OUT a file: NotADirectoryError after cutting every slice."""
+    from mambaverse.vision.data import MRICRON_TEMPLATES, aal_slices_main
+
+    (tmp_path / "file").write_text("x")
+    for argv, needle in (([str(tmp_path / "a"), "--step", "0"], "step: got 0"),
+                         ([str(tmp_path / "a"), "--step", "-2"], "step: got -2"),
+                         ([str(tmp_path / "file")], "is a file")):
+        assert aal_slices_main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "\n" not in err, err
+    if not (Path(MRICRON_TEMPLATES) / "aal.nii.gz").is_file():
+        pytest.skip("mricron-data is not installed")
+    assert aal_slices_main([str(tmp_path / "a"), "--step", "1000"]) == 2
+    assert "no slice in split(s) ['train', 'val', 'test']" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()

@@ -693,6 +693,10 @@ def build_aal_slices(out_dir: str | os.PathLike, labels: str = "lobes", axes: Se
     unknown = sorted(set(axes) - set(_AXES))
     if unknown:
         raise ConfigError(f"axes {unknown}; expected any of {sorted(_AXES)}")
+    check_int("step", step, 1, ConfigError)  # 0 was range()'s ValueError; a negative step cut no slice
+    check_int("block", block, 1, ConfigError)
+    if out_dir.exists() and not out_dir.is_dir():  # it would be found only at the final swap, after the work
+        raise VisionDataError(f"out_dir {out_dir}: is a file; expected a folder (new or built before)")
     if (out_dir / "classes.json").is_file() and not overwrite:
         names = json.loads((out_dir / "classes.json").read_text())
         counts = {s: len(list((out_dir / s / "images").glob("*.png"))) for s in _SPLITS}
@@ -742,6 +746,10 @@ def build_aal_slices(out_dir: str | os.PathLike, labels: str = "lobes", axes: Se
                 Image.fromarray(np.ascontiguousarray(image), "L").save(tmp / split / "images" / f"{stem}.png")
                 Image.fromarray(np.ascontiguousarray(mask), "L").save(tmp / split / "masks" / f"{stem}.png")
                 counts[split] += 1
+        empty = [split for split, n in counts.items() if n == 0]
+        if empty:  # a set without training or test slices is of no use (a step larger than the volume)
+            raise VisionDataError(f"step={step}, axes={list(axes)}: no slice in split(s) {empty} ({counts}); expected "
+                                  f"a smaller step (the volume has {min(t1.shape)} to {max(t1.shape)} slices per axis)")
         (tmp / "classes.json").write_text(json.dumps(classes))
         if out_dir.exists():
             shutil.rmtree(out_dir)
