@@ -182,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = read_config(args.config)
         data_args = ((cfg.get("data") or {}).get("init_args") or {})
         task = load_task(args.ckpt_path)
-        rate = int(data_args.get("sample_rate", task.sample_rate))
+        rate = data_args.get("sample_rate", task.sample_rate)
+        if rate != task.sample_rate:  # WAVs at another rate would play the model's clips at the wrong speed
+            raise AudioDataError(f"--config {args.config}: data.init_args.sample_rate {rate!r}; expected the "
+                                 f"checkpoint's sample_rate {task.sample_rate} Hz")
         seconds = args.seconds if args.seconds is not None else float(data_args.get("clip_seconds", 1.0))
         if not math.isfinite(seconds) or round(seconds * rate) < 1 or args.number < 1:
             raise AudioDataError(f"--seconds {seconds} --number {args.number}; expected positive values")

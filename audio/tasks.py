@@ -45,9 +45,14 @@ class WaveformLM(pl.LightningModule):
         self.check_datamodule(getattr(self._trainer, "datamodule", None))
 
     def check_datamodule(self, datamodule) -> None:
-        """Raise a one-line ConfigError if the datamodule's mu-law levels (``quantization_channels``) differ from
-        the model's output classes (codes >= n_classes would index past the embedding; fewer levels would train
-        a head with dead classes). Lightning calls it at setup through :meth:`setup`."""
+        """Raise a one-line ConfigError if the datamodule's sample rate differs from the model's ``sample_rate``
+        (generated clips would play at the wrong speed), or its mu-law levels (``quantization_channels``) differ
+        from the model's output classes (codes >= n_classes would index past the embedding; fewer levels would
+        train a head with dead classes). Lightning calls it at setup through :meth:`setup`."""
+        rate = getattr(datamodule, "sample_rate", None)
+        if rate is not None and rate != self.sample_rate:  # clips would be generated and played at the wrong speed
+            raise ConfigError(f"data.sample_rate: got {rate} Hz; expected the model's sample_rate {self.sample_rate} Hz "
+                              f"(set model.init_args.sample_rate: {rate})")
         levels = getattr(datamodule, "quantization_channels", None)
         if levels is not None and levels != self.net.n_classes:
             raise ConfigError(f"data.quantization_channels: got {levels}; expected the model's n_classes "

@@ -370,3 +370,21 @@ def test_aal_slices_step_and_out_dir_are_checked(tmp_path, capsys):
     assert aal_slices_main([str(tmp_path / "a"), "--step", "1000"]) == 2
     assert "no slice in split(s) ['train', 'val', 'test']" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
+
+
+def test_sample_rate_of_data_and_model_must_agree(tmp_path, audio_ckpt, capsys):
+    """Data at 8 kHz with the model's default 16 kHz trained silently, and `generate` then wrote 16 kHz WAVs
+    (double speed); a generate config at another rate than the checkpoint's did the same."""
+    from mambaverse.audio.generate import main
+    from mambaverse.audio.tasks import WaveformLM
+
+    with pytest.raises(ConfigError) as err:
+        WaveformLM(model="sashimi_mamba_tiny").check_datamodule(
+            audio.WavDataModule(str(_wav_folder(tmp_path / "w")), sample_rate=8000))
+    _one_line(err, "data.sample_rate: got 8000", "16000")
+    cfg = tmp_path / "8k.yaml"
+    cfg.write_text("data:\n  init_args:\n    sample_rate: 8000\n")
+    assert main(["--config", str(cfg), "--ckpt_path", str(audio_ckpt / "m.ckpt"), "-n", "1", "--seconds", "0.002",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "sample_rate 8000" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.wav"))
