@@ -148,7 +148,7 @@ class SaShiMiMamba(nn.Module):
             raise ShapeError(f"SaShiMiMamba: a class-conditional model needs labels of shape ({codes.shape[0]},); "
                              f"got {None if labels is None else tuple(labels.shape)}")
         if not torch.compiler.is_compiling() and codes.numel():  # an embedding lookup out of range fails deep in
-            lo, hi = int(codes.min()), int(codes.max())           # torch (a device assert on CUDA)
+            lo, hi = torch.stack(torch.aminmax(codes)).tolist()  # torch (a device assert on CUDA); one sync
             if lo < 0 or hi >= self.n_classes:
                 raise ShapeError(f"SaShiMiMamba: codes span [{lo}, {hi}]; expected mu-law codes in "
                                  f"[0, {self.n_classes})")
