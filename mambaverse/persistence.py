@@ -8,6 +8,8 @@ checkpoints, recognised by their config.json.
 """
 from __future__ import annotations
 
+import contextlib
+
 import inspect
 import json
 from pathlib import Path
@@ -94,6 +96,21 @@ def _read_legacy(config_path: Path) -> dict:
     return config
 
 
+@contextlib.contextmanager
+def _wrong_types(config_path: Path, what: str, writer: str):
+    """A config value of the wrong type (d_model: "16", n_layer: null) fails deep in a builder or in torch with a
+    TypeError/ValueError/AttributeError: re-raise it as a one-line ConfigError naming the file. The builders'
+    own MambaverseErrors already name the key and pass through."""
+    try:
+        yield
+    except MambaverseError:
+        raise
+    except (TypeError, ValueError, AttributeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ConfigError(f"from_pretrained: {config_path} {what} ({type(err).__name__}: {first}); expected the types "
+                          f"{writer}") from None
+
+
 def _build_ours(config: dict, config_path: Path, weights_path: Path, overrides: dict) -> nn.Module:
     if not weights_path.is_file():
         raise ConfigError(f"from_pretrained: {weights_path} is missing; expected {WEIGHTS} beside {config_path.name}")
@@ -112,14 +129,8 @@ def _build_ours(config: dict, config_path: Path, weights_path: Path, overrides: 
     if unknown:
         raise ConfigError(f"from_pretrained: unknown override(s) {unknown} for {cls.__name__}; "
                           f"expected some of {sorted(accepted)}")
-    try:
+    with _wrong_types(config_path, f"cannot build {cls.__name__} from its values", "save_pretrained writes"):
         model = cls(**{**config, **overrides})
-    except MambaverseError:  # the builder's own one-line check already names the key
-        raise
-    except (TypeError, ValueError) as err:  # a value of the wrong type (e.g. d_model: "16") fails deep in torch
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise ConfigError(f"from_pretrained: {config_path} cannot build {cls.__name__} from its values "
-                          f"({type(err).__name__}: {first}); expected the types save_pretrained wrote") from None
     if preset_name:
         model.config["preset"] = preset_name
     try:
@@ -167,14 +178,8 @@ def from_pretrained(path, **overrides) -> nn.Module:
         if not kind:
             raise ConfigError(f"from_pretrained: {folder / CONFIG} is of no format we read (keys {sorted(config)[:8]}); "
                               "expected a mambaverse, mamba-ssm, transformers Mamba/Mamba2 or Caduceus config")
-        try:
+        with _wrong_types(folder / CONFIG, f"({kind} format) holds a value of the wrong type", "that format writes"):
             return load_foreign(folder, config, kind, overrides)
-        except MambaverseError:
-            raise
-        except (TypeError, ValueError, AttributeError) as err:  # e.g. hidden_size: "16" or n_layer: null
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            raise ConfigError(f"from_pretrained: {folder / CONFIG} ({kind} format) holds a value of the wrong type "
-                              f"({type(err).__name__}: {first}); expected the types that format writes") from None
     if (folder / LEGACY_CONFIG).is_file():
         return _build_ours(_read_legacy(folder / LEGACY_CONFIG), folder / LEGACY_CONFIG, folder / WEIGHTS, overrides)
     raise ConfigError(f"from_pretrained: {folder / CONFIG} is missing; expected a folder from save_pretrained or a "
